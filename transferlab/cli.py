@@ -1,0 +1,73 @@
+"""The `transferlab` command: one module per subcommand in `transferlab.commands`.
+
+Each command module defines ``register(subparsers, parent)`` which adds its parser (built
+with ``parents=[parent]`` so ``--debug`` works everywhere) and sets ``func(args) -> int``.
+Heavy imports (torch, timm) happen inside the handlers, so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from transferlab.errors import TransferlabError
+
+# Order is the order shown in --help. A module missing from the package is skipped.
+COMMAND_MODULES = [
+    "sources",
+    "tasks",
+    "extract",
+    "probe",
+    "retrieve",
+    "finetune",
+    "train_source",
+    "study",
+    "results",
+    "report",
+    "select",
+    "cache",
+    "demo",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser = argparse.ArgumentParser(
+        prog="transferlab",
+        description="Which ConvNet representation transfers best to my task, and how much does each choice matter?",
+        parents=[parent],
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"transferlab.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"transferlab.commands.{name}":
+                continue
+            raise
+        module.register(sub, parent)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except TransferlabError as exc:
+        if args.debug:
+            raise
+        print(f"transferlab: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("transferlab: interrupted; finished work is kept, rerun to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of the `transferlab` CLI, one module each (see transferlab.cli)."""
