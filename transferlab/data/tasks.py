@@ -1,0 +1,101 @@
+"""Task registry: one entry per target task (benchmark or built-in), with its reader.
+
+Readers live in ``transferlab.data.readers`` (benchmarks in their publishers' layouts) and
+``transferlab.data.builtin`` (the offline suite); each module calls ``register`` at import.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from transferlab.data.base import TaskData, TaskKind
+from transferlab.errors import TransferlabError
+
+GROUPS = {
+    1: "image classification",
+    2: "attribute detection",
+    3: "fine-grained recognition",
+    4: "compositional",
+    5: "instance retrieval",
+}
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What transferlab knows about a task before reading it.
+
+    ``distance`` is the paper's hand ordering by distance from ImageNet (1 = nearest); tasks
+    of one group share the group's rank range. ``metric`` names the protocol (see
+    ``transferlab.evaluate``). ``reader(root, **options)`` returns a TaskData; built-in tasks
+    accept ``root=None``.
+    """
+
+    name: str
+    title: str
+    group: int
+    distance: int
+    kind: TaskKind
+    metric: str
+    layout: str
+    reader: Callable[..., TaskData]
+    builtin: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+    protocol: str = ""
+
+    @property
+    def group_name(self) -> str:
+        return GROUPS[self.group]
+
+
+TASKS: dict[str, TaskSpec] = {}
+_LOADED = False
+
+
+def register(spec: TaskSpec) -> TaskSpec:
+    if spec.group not in GROUPS:
+        raise ValueError(f"task {spec.name}: group must be one of {sorted(GROUPS)}")
+    TASKS[spec.name] = spec
+    return spec
+
+
+def _ensure_loaded() -> None:
+    global _LOADED
+    if _LOADED:
+        return
+    _LOADED = True
+    import importlib
+
+    for module in ("transferlab.data.readers", "transferlab.data.builtin"):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+
+
+def all_tasks() -> list[TaskSpec]:
+    """Every task, nearest to ImageNet first."""
+    _ensure_loaded()
+    return sorted(TASKS.values(), key=lambda t: (t.distance, t.builtin, t.name))
+
+
+def get_task(name: str) -> TaskSpec:
+    _ensure_loaded()
+    if name not in TASKS:
+        known = ", ".join(sorted(TASKS))
+        raise TransferlabError(f"unknown task {name!r}; known tasks: {known}")
+    return TASKS[name]
+
+
+def load_task(name: str, root: str | Path | None = None, **options: Any) -> TaskData:
+    """Read a task from its folder (``root``) or, for built-in tasks, from the offline data."""
+    spec = get_task(name)
+    if root is None and not spec.builtin:
+        raise TransferlabError(f"task {name} needs --root: the folder holding {spec.layout}")
+    if root is not None and not Path(root).exists():
+        raise TransferlabError(f"task {name}: root folder {root} does not exist")
+    merged = {**spec.options, **options}
+    return spec.reader(Path(root) if root is not None else None, **merged)
