@@ -1,0 +1,291 @@
+"""One-pass multi-layer extraction.
+
+Forward hooks on every requested layer pool the activation the moment it is produced (on
+the device), so one forward pass yields every (layer, pooling) pair, full maps are never
+kept, and memory is bounded by the batch. Rows stream into the FeatureStore shard by
+shard; shards already on disk are not forwarded again.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from transferlab.data.base import Box, Split
+from transferlab.errors import BadImageError, TransferlabError
+from transferlab.features.pooling import default_windows, pool, pooled_shape, validate_pooling
+from transferlab.features.store import FeatureStore, GroupKey, dataset_fingerprint, output_name
+from transferlab.sources.base import FEATURES_OUTPUT, Layer, Source, named_module
+
+VIEWS = ("orig", "flip")
+
+
+# ------------------------------------------------------------------------- images
+def read_image(path: str, box: Box | None = None) -> Image.Image:
+    """Decode an image as RGB, cropped to ``box`` (x1, y1, x2, y2) when given."""
+    with Image.open(path) as handle:
+        handle.load()
+        image = handle.convert("RGB")
+    if box is not None:
+        x1, y1, x2, y2 = (int(round(v)) for v in box)
+        x1, y1 = max(0, x1), max(0, y1)
+        x2, y2 = min(image.width, max(x2, x1 + 1)), min(image.height, max(y2, y1 + 1))
+        image = image.crop((x1, y1, x2, y2))
+    return image
+
+
+class ImageListDataset(Dataset):
+    """Images by path, preprocessed for a source; unreadable files are flagged, not raised,
+    so the main process decides (error or skip) and names the file."""
+
+    def __init__(self, paths: Sequence[str], boxes: Sequence[Box | None] | None, preprocessing, indices: Sequence[int]):
+        self.paths = paths
+        self.boxes = boxes
+        self.preprocessing = preprocessing
+        self.indices = list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, position: int):
+        index = self.indices[position]
+        size = self.preprocessing.input_size
+        try:
+            box = self.boxes[index] if self.boxes is not None else None
+            tensor = self.preprocessing.to_tensor(read_image(self.paths[index], box))
+            return tensor, index, ""
+        except Exception as exc:  # any decoder failure is reported with the file name
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            return torch.zeros(3, size, size), index, reason or "unreadable"
+
+
+# ------------------------------------------------------------------------- device
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise TransferlabError("--device cuda requested but no CUDA GPU is available")
+    if device not in ("cpu",) and not device.startswith("cuda"):
+        raise TransferlabError(f"unknown device {device!r}; use auto, cpu or cuda")
+    return torch.device(device)
+
+
+def default_workers(device: torch.device) -> int:
+    cores = os.cpu_count() or 1
+    return min(8, cores - 1) if device.type == "cuda" else (1 if cores >= 2 else 0)
+
+
+# --------------------------------------------------------------------- extraction
+@dataclass
+class SplitFeatures:
+    """Handle on one split's features in the store (rows exclude skipped images)."""
+
+    store: FeatureStore
+    keys: dict[str, GroupKey]
+    layers: list[Layer]
+    poolings: list[str]
+    bad: list[int] = field(default_factory=list)
+    bad_reasons: dict[int, str] = field(default_factory=dict)
+    forwarded_images: int = 0
+    seconds: float = 0.0
+
+    def get(self, layer: Layer | str, pooling: str, view: str = "orig") -> np.ndarray:
+        name = layer.name if isinstance(layer, Layer) else layer
+        if view not in self.keys:
+            raise TransferlabError(f"view {view!r} was not extracted (have {', '.join(self.keys)})")
+        return self.store.load(self.keys[view], output_name(name, pooling))
+
+    @property
+    def kept(self) -> np.ndarray:
+        """Dataset indices that have a feature row, in row order."""
+        n = next(iter(self.keys.values())).n_images
+        mask = np.ones(n, dtype=bool)
+        mask[self.bad] = False
+        return np.flatnonzero(mask)
+
+
+def group_keys(source: Source, paths: Sequence[str], boxes, views: Sequence[str]) -> dict[str, GroupKey]:
+    fingerprint = dataset_fingerprint(paths, boxes)
+    pre = json.dumps(source.preprocessing.to_dict(), sort_keys=True)
+    return {
+        view: GroupKey(source.name, source.weights_id, pre, view, fingerprint, len(paths))
+        for view in views
+    }
+
+
+def extract(
+    source: Source,
+    split: Split,
+    layers: Sequence[Layer],
+    poolings: Sequence[str],
+    views: Sequence[str] = ("orig",),
+    store: FeatureStore | None = None,
+    device: str = "auto",
+    batch_size: int = 32,
+    num_workers: int | None = None,
+    on_bad_image: str = "error",
+    progress: bool = True,
+    desc: str | None = None,
+) -> SplitFeatures:
+    """Fill the store with every (layer, pooling, view) of ``split``; one forward per image
+    and view, only for shards not already on disk."""
+    store = store or FeatureStore()
+    poolings = [validate_pooling(p) for p in poolings]
+    for view in views:
+        if view not in VIEWS:
+            raise TransferlabError(f"unknown view {view!r}; choose from {', '.join(VIEWS)}")
+    if on_bad_image not in ("error", "skip"):
+        raise TransferlabError("--on-bad-image must be 'error' or 'skip'")
+    if len(split) == 0:
+        raise TransferlabError(f"split {split.name} has no images")
+    windows = default_windows()
+    wanted = [(layer, p) for layer in layers for p in poolings if _pool_applies(layer, p)]
+    if not wanted:
+        raise TransferlabError("no (layer, pooling) pair applies: vector layers take only avg/max")
+    outputs = [output_name(layer.name, p) for layer, p in wanted]
+    keys = group_keys(source, split.paths, split.boxes, views)
+    todo: dict[int, set[str]] = {}
+    for key in keys.values():
+        for shard, missing in store.missing(key, outputs).items():
+            todo.setdefault(shard, set()).update(missing)
+    result = SplitFeatures(store, keys, list(layers), list(poolings))
+    if todo:
+        start = time.perf_counter()
+        result.forwarded_images = _run(source, split, wanted, windows, views, keys, store, todo, device,
+                                       batch_size, num_workers, on_bad_image, progress, desc)
+        result.seconds = time.perf_counter() - start
+    first = next(iter(keys.values()))
+    result.bad = store.bad_indices(first)
+    if result.bad and on_bad_image == "error":
+        raise BadImageError(split.paths[result.bad[0]], "skipped in an earlier --on-bad-image skip run; "
+                            "clear it with `transferlab cache rm` or use --on-bad-image skip")
+    return result
+
+
+def _pool_applies(layer: Layer, pooling: str) -> bool:
+    return layer.spatial or pooling in ("avg", "max")
+
+
+def _run(source, split, wanted, windows, views, keys, store, todo, device, batch_size, num_workers,
+         on_bad_image, progress, desc) -> int:
+    from tqdm.auto import tqdm
+
+    dev = resolve_device(device)
+    model = source.model.to(dev).eval()
+    channels_last = dev.type == "cpu"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    indices = [i for shard in sorted(todo) for i in range(*store.shard_range(keys[views[0]], shard))]
+    dataset = ImageListDataset(split.paths, split.boxes, source.preprocessing, indices)
+    workers = default_workers(dev) if num_workers is None else num_workers
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        pin_memory=dev.type == "cuda", persistent_workers=False)
+    for key in keys.values():
+        store.write_meta(key, {"source": source.name, "arch": source.arch, "split": split.name,
+                               "n_images": len(split), "first_path": split.paths[0]})
+
+    by_layer: dict[str, list[str]] = {}
+    for layer, p in wanted:
+        by_layer.setdefault(layer.name, []).append(p)
+    captured: dict[str, dict[str, torch.Tensor]] = {}
+
+    def make_hook(name: str):
+        def hook(_module, _inputs, output):
+            captured[name] = {p: pool(output.float(), p, windows) for p in by_layer[name]}
+        return hook
+
+    handles = [named_module(model, name).register_forward_hook(make_hook(name))
+               for name in by_layer if name != FEATURES_OUTPUT]
+    shard_of = {i: i // _shard_size() for i in indices}
+    buffers: dict[int, dict[str, list]] = {}
+    bad_in_shard: dict[int, list[int]] = {}
+    remaining = {shard: len(range(*store.shard_range(keys[views[0]], shard))) for shard in todo}
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else _null()
+    bar = tqdm(total=len(indices), unit="img", desc=desc or f"{source.name} {split.name}",
+               disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    try:
+        with torch.inference_mode():
+            for images, idx, reasons in loader:
+                images = images.to(dev, non_blocking=True)
+                if channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                good = [k for k, r in enumerate(reasons) if not r]
+                for k, reason in enumerate(reasons):
+                    if reason:
+                        i = int(idx[k])
+                        if on_bad_image == "error":
+                            raise BadImageError(split.paths[i], reason)
+                        bad_in_shard.setdefault(shard_of[i], []).append(i - shard_of[i] * _shard_size())
+                per_view = {}
+                for view in views:
+                    batch = images if view == "orig" else images.flip(-1)
+                    with autocast:
+                        top = source.forward_features(model, batch)
+                    if FEATURES_OUTPUT in by_layer:
+                        captured[FEATURES_OUTPUT] = {p: pool(top.float(), p, windows) for p in by_layer[FEATURES_OUTPUT]}
+                    per_view[view] = {output_name(n, p): t.cpu().numpy() for n, d in captured.items() for p, t in d.items()}
+                    captured.clear()
+                for k in range(len(idx)):
+                    i = int(idx[k])
+                    shard = shard_of[i]
+                    buf = buffers.setdefault(shard, {})
+                    if k in good:
+                        for view, arrays in per_view.items():
+                            for out, arr in arrays.items():
+                                if out in todo[shard]:
+                                    buf.setdefault(f"{view}\0{out}", []).append(arr[k])
+                    remaining[shard] -= 1
+                    if remaining[shard] == 0:
+                        _flush(store, keys, shard, buffers.pop(shard, {}), todo[shard], wanted, windows,
+                               bad_in_shard.get(shard, []))
+                bar.update(len(idx))
+    finally:
+        bar.close()
+        for handle in handles:
+            handle.remove()
+        if channels_last:
+            source.model.to(memory_format=torch.contiguous_format)
+    return len(indices)
+
+
+def _flush(store, keys, shard, buf, outputs, wanted, windows, bad) -> None:
+    for view, key in keys.items():
+        arrays = {}
+        for layer, p in wanted:
+            out = output_name(layer.name, p)
+            if out not in outputs:
+                continue
+            rows = buf.get(f"{view}\0{out}", [])
+            shape = pooled_shape(layer.channels, layer.spatial, p, len(windows))
+            arrays[out] = np.stack(rows).astype(np.float32) if rows else np.zeros((0, *shape), np.float32)
+        store.write_shard(key, shard, arrays, bad)
+
+
+def _shard_size() -> int:
+    from transferlab.features import store as store_module
+
+    return store_module.SHARD_SIZE
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def estimate_seconds(n_images: int, source: Source, views: int = 1) -> float:
+    """Rough CPU time for a forward pass over ``n_images`` (EfficientNet-Lite0 ~25 ms at 224)."""
+    size = source.preprocessing.input_size
+    return n_images * views * 0.025 * math.pow(size / 224, 2)

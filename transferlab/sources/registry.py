@@ -1,0 +1,170 @@
+"""Resolve a source spec string to a loaded Source.
+
+Spec forms:
+  ``efficientnet_lite0`` ...        built-in, real ImageNet weights (see sources.builtin)
+  ``timm:ARCH``                     any timm ConvNet; ``weights`` = file or ``none``
+  ``torchvision:ARCH``              any supported torchvision ConvNet; same weights rule
+  ``PREFIX:ARG``                    kinds registered by other modules with
+                                    ``register_source_kind`` (``finetuned:``, ``trained:``)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from torch import nn
+
+from transferlab.errors import TransferlabError
+from transferlab.sources.adapters import Adapter, timm_adapter, torchvision_adapter
+from transferlab.sources.base import Source
+from transferlab.sources.builtin import (
+    BUILTIN_SOURCES,
+    builtin_weights_path,
+    efficientnet_pytorch_to_timm,
+    imagenet_class_names,
+)
+from transferlab.sources.preprocessing import Preprocessing
+from transferlab.sources.weights import file_sha256, fit_state_dict, load_state_dict_file
+
+SourceFactory = Callable[[str, "str | None"], Source]
+_KINDS: dict[str, tuple[SourceFactory, str]] = {}
+_KIND_MODULES = ("transferlab.heads.finetune", "transferlab.sources.train", "transferlab.sources.handcrafted")
+
+
+def register_source_kind(prefix: str, factory: SourceFactory, description: str) -> None:
+    """Let another module provide sources named ``PREFIX:ARG`` (or just ``PREFIX``)."""
+    _KINDS[prefix] = (factory, description)
+
+
+def _load_kind_modules() -> None:
+    import importlib
+
+    for module in _KIND_MODULES:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+
+
+def source_kinds() -> dict[str, str]:
+    _load_kind_modules()
+    return {prefix: description for prefix, (_, description) in _KINDS.items()}
+
+
+def load_source(spec: str, weights: str | None = None) -> Source:
+    """Build the model for ``spec`` on the CPU in eval mode, weights loaded and verified."""
+    spec = spec.strip()
+    if spec in BUILTIN_SOURCES:
+        if weights not in (None, "", "builtin"):
+            return _load_arch(BUILTIN_SOURCES[spec].arch, weights, name=spec)
+        return _load_builtin(spec)
+    prefix, sep, arg = spec.partition(":")
+    if sep and prefix in ("timm", "torchvision"):
+        return _load_arch(spec, weights)
+    _load_kind_modules()
+    if prefix in _KINDS:
+        return _KINDS[prefix][0](arg, weights)
+    known = sorted(BUILTIN_SOURCES) + ["timm:ARCH", "torchvision:ARCH"] + [f"{k}:..." for k in _KINDS]
+    raise TransferlabError(f"unknown source {spec!r}; known: {', '.join(known)}")
+
+
+def _load_builtin(name: str) -> Source:
+    spec = BUILTIN_SOURCES[name]
+    path = builtin_weights_path(spec)
+    state = load_state_dict_file(path)
+    family, _, arch = spec.arch.partition(":")
+    model, adapter = _build(family, arch)
+    if family == "timm":
+        state = efficientnet_pytorch_to_timm(state, [len(stage) for stage in model.blocks])
+    fit_state_dict(model, state, path)
+    return _make_source(name, spec.arch, model, adapter, spec.preprocessing,
+                        weights_id=f"{path.name}:{file_sha256(path)[:16]}", imagenet=True)
+
+
+def _load_arch(spec: str, weights: str | None, name: str | None = None) -> Source:
+    family, _, arch = spec.partition(":")
+    if not arch:
+        raise TransferlabError(f"source {spec!r} needs an architecture name after '{family}:'")
+    if weights is None or weights == "":
+        raise TransferlabError(
+            f"source {spec} needs --weights FILE (.safetensors/.pth/.pth.tar) or --weights none for random init"
+        )
+    model, adapter = _build(family, arch)
+    preprocessing = _default_preprocessing(family, model)
+    if weights.lower() == "none":
+        import torch
+
+        torch.manual_seed(0)  # random init is reproducible, so its features can be cached
+        model, adapter = _build(family, arch)
+        weights_id = "random-init:seed0"
+    else:
+        path = Path(weights)
+        state = load_state_dict_file(path)
+        fit_state_dict(model, state, path, allow_missing_head=True, head_keys=adapter.head_prefixes)
+        weights_id = f"{path.name}:{file_sha256(path)[:16]}"
+    return _make_source(name or spec, spec, model, adapter, preprocessing, weights_id=weights_id)
+
+
+def _build(family: str, arch: str) -> tuple[nn.Module, Adapter]:
+    if family == "timm":
+        import timm
+
+        if not timm.is_model(arch):
+            raise TransferlabError(f"timm has no architecture {arch!r} (see timm.list_models())")
+        model = timm.create_model(arch, pretrained=False)
+        return model.eval(), timm_adapter(model)
+    if family == "torchvision":
+        import torchvision
+
+        try:
+            model = torchvision.models.get_model(arch, weights=None)
+        except ValueError:
+            raise TransferlabError(f"torchvision has no architecture {arch!r}") from None
+        return model.eval(), torchvision_adapter(arch, model)
+    raise TransferlabError(f"unknown model family {family!r}")
+
+
+def _default_preprocessing(family: str, model: nn.Module) -> Preprocessing:
+    if family == "timm":
+        cfg = getattr(model, "pretrained_cfg", None) or {}
+        return Preprocessing(
+            input_size=int(cfg.get("input_size", (3, 224, 224))[-1]),
+            crop_pct=float(cfg.get("crop_pct", 0.875)),
+            interpolation=str(cfg.get("interpolation", "bicubic")) or "bicubic",
+            mean=tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
+            std=tuple(cfg.get("std", (0.229, 0.224, 0.225))),
+        )
+    return Preprocessing(224, 0.875, "bilinear")
+
+
+def _make_source(name: str, arch: str, model: nn.Module, adapter: Adapter, preprocessing: Preprocessing,
+                 weights_id: str, imagenet: bool = False) -> Source:
+    model.eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    num_classes = int(getattr(model, "num_classes", 0) or 0)
+    if not num_classes:
+        last = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        num_classes = last[-1].out_features if last else 0
+    return Source(
+        name=name,
+        model=model,
+        preprocessing=preprocessing,
+        layer_names=adapter.layer_names,
+        forward_features=adapter.forward_features,
+        forward_head=adapter.forward_head,
+        weights_id=weights_id,
+        arch=arch,
+        num_classes=num_classes,
+        class_names=imagenet_class_names() if imagenet and num_classes == 1000 else None,
+    )
+
+
+def list_builtin_sources() -> list[dict]:
+    return [
+        {"name": spec.name, "arch": spec.arch, "description": spec.description,
+         "input_size": spec.preprocessing.input_size}
+        for spec in BUILTIN_SOURCES.values()
+    ]
