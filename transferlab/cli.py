@@ -51,9 +51,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_NEGATIVE_VALUE_OPTIONS = ("--layers", "--layer")
+
+
+def _join_negative_values(argv: list[str]) -> list[str]:
+    """``--layers -1,-2`` would look like an option to argparse; make it ``--layers=-1,-2``."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if token in _NEGATIVE_VALUE_OPTIONS and i + 1 < len(argv) and argv[i + 1][:2].lstrip("-")[:1].isdigit():
+            out.append(f"{token}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(token)
+        i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_join_negative_values(list(sys.argv[1:] if argv is None else argv)))
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -64,6 +82,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"transferlab: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `transferlab ... --json | head`
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("transferlab: interrupted; finished work is kept, rerun to resume", file=sys.stderr)
         return 130

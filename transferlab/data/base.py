@@ -84,3 +84,24 @@ class TaskData:
                 f"task {self.name}: no split {name!r} (has {', '.join(self.splits) or 'none'})"
             )
         return self.splits[name]
+
+
+def image_splits(task: TaskData) -> dict[str, Split]:
+    """Every image list a task needs features for: its splits plus, for retrieval, the
+    queries (cropped to their boxes) as a split named ``queries``."""
+    splits = dict(task.splits)
+    if task.queries:
+        paths = [q.path for q in task.queries]
+        boxes = [q.box for q in task.queries]
+        splits["queries"] = Split("queries", paths, np.full(len(paths), -1, dtype=np.int64),
+                                  boxes if any(b is not None for b in boxes) else None)
+    return splits
+
+
+def label_text(task: TaskData, labels: np.ndarray, row: int) -> str:
+    """A split row's label as text: class name, or ';'-joined positive names (multi-label)."""
+    value = labels[row]
+    if np.ndim(value) == 0:
+        index = int(value)
+        return task.classes[index] if 0 <= index < len(task.classes) else ""
+    return ";".join(task.classes[k] for k in np.flatnonzero(np.asarray(value) == 1))

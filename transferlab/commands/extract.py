@@ -1,0 +1,80 @@
+"""`transferlab extract`: pooled features of many layers from one forward pass."""
+
+from __future__ import annotations
+
+import argparse
+
+from transferlab.commands._common import parse_csv_list, print_json
+
+
+def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "extract", parents=[parent],
+        help="extract pooled features of several layers in one pass",
+        description="Extract pooled representations of every requested layer in ONE forward pass "
+        "per image and view, cache them in the FeatureStore and export .npy arrays.",
+        epilog="example: transferlab extract --source efficientnet_lite0 --data photos/ "
+        "--layers -1,-2,-3,-4 --pool avg,max,grid2 --out feats/",
+    )
+    add_source_arguments(p)
+    p.add_argument("--data", required=True, help="dataset folder (image-folder or CSV layout) or a task name")
+    p.add_argument("--root", help="for a benchmark task given to --data: the folder it was extracted to")
+    p.add_argument("--layers", default="-1", help="comma list: -1 (top), -2, ... or module names [-1]")
+    p.add_argument("--pool", default="avg", help="comma list of avg,max,gem,grid1,grid2,grid3,rmac,windows [avg]")
+    p.add_argument("--views", default="orig", help="comma list of orig,flip [orig]")
+    p.add_argument("--splits", help="comma list of splits to extract [all]")
+    p.add_argument("--out", help="export folder: <split>/<layer>__<pool>[__<view>].npy, items.csv, manifest.json")
+    p.add_argument("--quick", action="store_true", help="built-in tasks: the small quick version")
+    add_runtime_arguments(p)
+    p.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    p.set_defaults(func=run)
+
+
+def add_source_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--source", required=True, help="built-in name, timm:ARCH, torchvision:ARCH, finetuned:PATH, ...")
+    p.add_argument("--weights", help="weights file for timm:/torchvision: sources, or 'none' for random init")
+
+
+def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda [auto]")
+    p.add_argument("--workers", type=int, help="DataLoader decoding workers [auto]")
+    p.add_argument("--cache", help="FeatureStore folder [$TRANSFERLAB_CACHE/features]")
+    p.add_argument("--on-bad-image", choices=["error", "skip"], default="error",
+                   help="unreadable image: stop with its name, or skip it and list it in the manifest")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    from transferlab.features.export import export_features, extract_task
+
+    from transferlab.data.generic import load_dataset
+    from transferlab.data.tasks import load_task
+    from transferlab.features.store import FeatureStore
+    from transferlab.sources import load_source
+
+    options = {"quick": True} if args.quick else {}
+    task = load_task(args.data, args.root, **options) if args.root else load_dataset(args.data, **options)
+    source = load_source(args.source, args.weights)
+    store = FeatureStore(args.cache) if args.cache else FeatureStore()
+    extracted = extract_task(
+        source, task, layers=parse_csv_list(args.layers), poolings=parse_csv_list(args.pool),
+        views=parse_csv_list(args.views), splits=parse_csv_list(args.splits) if args.splits else None,
+        store=store, device=args.device, batch_size=args.batch_size, num_workers=args.workers,
+        on_bad_image=args.on_bad_image, progress=not args.no_progress,
+    )
+    manifest = export_features(source, task, extracted, args.out) if args.out else extracted.manifest(source, task)
+    if args.json:
+        print_json(manifest)
+    else:
+        forwarded = sum(f.forwarded_images for f in extracted.splits.values())
+        print(f"{source.name}: {len(extracted.layers)} layers x {len(extracted.poolings)} poolings x "
+              f"{len(extracted.views)} views; forwarded {forwarded} images "
+              f"({'all from cache' if forwarded == 0 else 'rest from cache'})")
+        for name, feats in extracted.splits.items():
+            skipped = f", skipped {len(feats.bad)} unreadable" if feats.bad else ""
+            print(f"  {name}: {len(feats.kept)} images{skipped}")
+        print(f"features cached in {store.root}")
+        if args.out:
+            print(f"exported to {args.out} (manifest.json, <split>/items.csv, <split>/<layer>__<pool>.npy)")
+    return 0

@@ -1,0 +1,105 @@
+"""Extraction of a whole task (every split, queries included) and the user-facing export:
+``OUT/<split>/<layer>__<pool>[__<view>].npy``, ``OUT/<split>/items.csv``, ``OUT/manifest.json``."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from transferlab import __version__
+from transferlab.data.base import TaskData, image_splits, label_text
+from transferlab.errors import TransferlabError
+from transferlab.features.extract import SplitFeatures, extract
+from transferlab.features.pooling import pooled_shape
+from transferlab.features.store import FeatureStore, atomic_save_npy, atomic_write_text
+from transferlab.sources.base import Layer, Source
+
+
+@dataclass
+class TaskFeatures:
+    """Features of every split of one task for one source."""
+
+    layers: list[Layer]
+    poolings: list[str]
+    views: list[str]
+    splits: dict[str, SplitFeatures] = field(default_factory=dict)
+
+    def pairs(self) -> list[tuple[Layer, str]]:
+        return [(layer, p) for layer in self.layers for p in self.poolings if layer.spatial or p in ("avg", "max")]
+
+    def manifest(self, source: Source, task: TaskData) -> dict:
+        skipped = {
+            name: [task_path for task_path in (_paths(task, name)[i] for i in feats.bad)]
+            for name, feats in self.splits.items() if feats.bad
+        }
+        return {
+            "transferlab": __version__,
+            "source": source.name,
+            "arch": source.arch,
+            "weights": source.weights_id,
+            "preprocessing": source.preprocessing.to_dict(),
+            "task": task.name,
+            "layers": [layer.to_dict() for layer in self.layers],
+            "poolings": self.poolings,
+            "views": self.views,
+            "dims": {f"{layer.name}__{p}": list(pooled_shape(layer.channels, layer.spatial, p)) for layer, p in self.pairs()},
+            "splits": {name: int(len(feats.kept)) for name, feats in self.splits.items()},
+            "skipped": skipped,
+        }
+
+
+def _paths(task: TaskData, split: str) -> list[str]:
+    return image_splits(task)[split].paths
+
+
+def extract_task(
+    source: Source,
+    task: TaskData,
+    layers: Sequence[str | int],
+    poolings: Sequence[str],
+    views: Sequence[str] = ("orig",),
+    splits: Sequence[str] | None = None,
+    store: FeatureStore | None = None,
+    **options,
+) -> TaskFeatures:
+    """Extract every requested split of ``task`` (all by default; queries included)."""
+    available = image_splits(task)
+    names = list(splits) if splits else list(available)
+    for name in names:
+        if name not in available:
+            raise TransferlabError(f"task {task.name} has no split {name!r} (has {', '.join(available)})")
+    resolved = source.resolve_layers(layers)
+    result = TaskFeatures(resolved, list(poolings), list(views))
+    for name in names:
+        result.splits[name] = extract(source, available[name], resolved, poolings, views, store=store,
+                                      desc=f"{source.name} {task.name}/{name}", **options)
+    return result
+
+
+def export_features(source: Source, task: TaskData, features: TaskFeatures, out: str | Path) -> dict:
+    """Write the arrays, item lists and manifest under ``out`` (each file atomically)."""
+    out = Path(out)
+    all_splits = image_splits(task)
+    for name, feats in features.splits.items():
+        split = all_splits[name]
+        folder = out / name
+        for layer, p in features.pairs():
+            for view in features.views:
+                suffix = "" if view == "orig" else f"__{view}"
+                array = np.asarray(feats.get(layer, p, view), dtype=np.float32)
+                atomic_save_npy(folder / f"{layer.name}__{p}{suffix}.npy", array)
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["path", "label"])
+        for i in feats.kept:
+            writer.writerow([split.paths[i], label_text(task, split.labels, int(i))])
+        atomic_write_text(folder / "items.csv", buffer.getvalue())
+    manifest = features.manifest(source, task)
+    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2))
+    return manifest
