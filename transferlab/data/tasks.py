@@ -98,4 +98,4 @@ def load_task(name: str, root: str | Path | None = None, **options: Any) -> Task
     if root is not None and not Path(root).exists():
         raise TransferlabError(f"task {name}: root folder {root} does not exist")
     merged = {**spec.options, **options}
-    return spec.reader(Path(root) if root is not None else None, **merged)
+    return spec.reader(Path(root).resolve() if root is not None else None, **merged)
