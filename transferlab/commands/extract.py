@@ -46,10 +46,9 @@ def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from transferlab.features.export import export_features, extract_task
-
     from transferlab.data.generic import load_dataset
     from transferlab.data.tasks import load_task
+    from transferlab.features.export import export_features, extract_task
     from transferlab.features.store import FeatureStore
     from transferlab.sources import load_source
 
