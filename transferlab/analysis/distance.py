@@ -35,7 +35,7 @@ PAPER_GROUPS: dict[int, tuple[str, ...]] = {
     2: ("sun_attributes", "apascal", "h3d"),  # attribute detection
     3: ("pets", "cub", "flowers"),  # fine-grained recognition
     4: ("voc2012_actions", "stanford40", "visual_phrases"),  # compositional
-    5: ("holidays", "ukbench", "oxford5k", "paris6k", "roxford5k", "rparis6k", "sculptures6k"),  # retrieval
+    5: ("holidays", "ukbench", "oxford5k", "roxford5k", "paris6k", "rparis6k", "sculptures6k"),  # retrieval
 }
 
 PAPER_ORDER: dict[str, int] = {

@@ -107,19 +107,33 @@ def _load_arch(spec: str, weights: str | None, name: str | None = None) -> Sourc
     return _make_source(name or spec, spec, model, adapter, preprocessing, weights_id=weights_id)
 
 
-def _build(family: str, arch: str) -> tuple[nn.Module, Adapter]:
+def source_from_arch(arch: str, state: dict | None, *, name: str, preprocessing: Preprocessing,
+                     weights_id: str, num_classes: int | None = None, path: str | Path = "<weights>") -> Source:
+    """Build ``arch`` (``timm:X`` or ``torchvision:X``), optionally resize its classifier to
+    ``num_classes`` and load ``state`` strictly. For sources saved by transferlab itself
+    (fine-tuned checkpoints) that carry their own preprocessing."""
+    family, _, model_name = arch.partition(":")
+    model, adapter = _build(family, model_name, num_classes)
+    if state is not None:
+        fit_state_dict(model, state, path)
+    return _make_source(name, arch, model, adapter, preprocessing, weights_id=weights_id)
+
+
+def _build(family: str, arch: str, num_classes: int | None = None) -> tuple[nn.Module, Adapter]:
     if family == "timm":
         import timm
 
         if not timm.is_model(arch):
             raise TransferlabError(f"timm has no architecture {arch!r} (see timm.list_models())")
-        model = timm.create_model(arch, pretrained=False)
+        kwargs = {} if num_classes is None else {"num_classes": num_classes}
+        model = timm.create_model(arch, pretrained=False, **kwargs)
         return model.eval(), timm_adapter(model)
     if family == "torchvision":
         import torchvision
 
         try:
-            model = torchvision.models.get_model(arch, weights=None)
+            kwargs = {} if num_classes is None else {"num_classes": num_classes}
+            model = torchvision.models.get_model(arch, weights=None, **kwargs)
         except ValueError:
             raise TransferlabError(f"torchvision has no architecture {arch!r}") from None
         return model.eval(), torchvision_adapter(arch, model)
