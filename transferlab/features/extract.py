@@ -197,15 +197,7 @@ def _run(source, split, wanted, windows, views, keys, store, todo, device, batch
     by_layer: dict[str, list[str]] = {}
     for layer, p in wanted:
         by_layer.setdefault(layer.name, []).append(p)
-    captured: dict[str, dict[str, torch.Tensor]] = {}
-
-    def make_hook(name: str):
-        def hook(_module, _inputs, output):
-            captured[name] = {p: pool(output.float(), p, windows) for p in by_layer[name]}
-        return hook
-
-    handles = [named_module(model, name).register_forward_hook(make_hook(name))
-               for name in by_layer if name != FEATURES_OUTPUT]
+    pooled = PooledForward(source, model, by_layer, windows)
     shard_of = {i: i // _shard_size() for i in indices}
     buffers: dict[int, dict[str, list]] = {}
     bad_in_shard: dict[int, list[int]] = {}
@@ -230,11 +222,8 @@ def _run(source, split, wanted, windows, views, keys, store, todo, device, batch
                 for view in views:
                     batch = images if view == "orig" else images.flip(-1)
                     with autocast:
-                        top = source.forward_features(model, batch)
-                    if FEATURES_OUTPUT in by_layer:
-                        captured[FEATURES_OUTPUT] = {p: pool(top.float(), p, windows) for p in by_layer[FEATURES_OUTPUT]}
-                    per_view[view] = {output_name(n, p): t.cpu().numpy() for n, d in captured.items() for p, t in d.items()}
-                    captured.clear()
+                        outputs = pooled(batch)
+                    per_view[view] = {name: t.cpu().numpy() for name, t in outputs.items()}
                 for k in range(len(idx)):
                     i = int(idx[k])
                     shard = shard_of[i]
@@ -251,11 +240,46 @@ def _run(source, split, wanted, windows, views, keys, store, todo, device, batch
                 bar.update(len(idx))
     finally:
         bar.close()
-        for handle in handles:
-            handle.remove()
+        pooled.close()
         if channels_last:
             source.model.to(memory_format=torch.contiguous_format)
     return len(indices)
+
+
+class PooledForward:
+    """One forward pass returning every requested (layer, pooling) vector.
+
+    Hooks pool each layer's activation as soon as it is produced, so no full feature map
+    outlives its layer. ``by_layer`` maps a layer name to its poolings."""
+
+    def __init__(self, source: Source, model: torch.nn.Module, by_layer: dict[str, list[str]], windows: list):
+        self.source = source
+        self.model = model
+        self.by_layer = by_layer
+        self.windows = windows
+        self.captured: dict[str, torch.Tensor] = {}
+        self.handles = [
+            named_module(model, name).register_forward_hook(self._hook(name))
+            for name in by_layer if name != FEATURES_OUTPUT
+        ]
+
+    def _hook(self, name: str):
+        def hook(_module, _inputs, output):
+            for p in self.by_layer[name]:
+                self.captured[output_name(name, p)] = pool(output.float(), p, self.windows)
+        return hook
+
+    def __call__(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.captured = {}
+        top = self.source.forward_features(self.model, batch)
+        for p in self.by_layer.get(FEATURES_OUTPUT, ()):
+            self.captured[output_name(FEATURES_OUTPUT, p)] = pool(top.float(), p, self.windows)
+        return self.captured
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
 
 
 def _flush(store, keys, shard, buf, outputs, wanted, windows, bad) -> None:
