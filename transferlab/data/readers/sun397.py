@@ -1,0 +1,127 @@
+"""SUN397 (Xiao et al. 2010), read from the official ten partitions.
+
+``Partitions/Training_0N.txt`` / ``Testing_0N.txt`` (N = 01..10) list 50 + 50 images per
+class as paths like ``/a/abbey/sun_aqswjsnjlrfzzhiz.jpg``, relative to the ``SUN397/``
+image folder; the class is the path's folder (``/a/apartment_building/outdoor``).
+``ClassName.txt`` (397 such folders) fixes the class order when present; otherwise the
+classes are the sorted folders found in the partition files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from transferlab.data.base import Split, TaskData
+from transferlab.data.readers._util import Problems, check_images_exist, find_under, read_lines
+from transferlab.data.tasks import TaskSpec, register
+from transferlab.errors import TransferlabError
+
+
+def read_sun397(
+    root: Path | None, *, problems: Problems | None = None, partition: int = 1
+) -> TaskData:
+    """Read one of the ten official train/test partitions (``partition`` 1..10)."""
+    problems = problems if problems is not None else Problems()
+    if root is None:
+        raise TransferlabError(
+            "task sun397 needs --root: the folder holding SUN397/ and Partitions/"
+        )
+    if not isinstance(partition, int) or not 1 <= partition <= 10:
+        raise TransferlabError(f"sun397: partition must be an integer 1..10, got {partition!r}")
+    root = Path(root)
+    images = find_under(root, ["SUN397"], "SUN397 image folder SUN397/")
+    partitions = find_under(
+        root, ["Partitions", "SUN397/Partitions"], "SUN397 partition folder Partitions/"
+    )
+    task = TaskData(name="sun397", kind="single", classes=[], splits={}, root=str(root))
+    task.notes.append(f"partition {partition:02d} of 10; images under {images}")
+
+    class_file = _find_optional(root, partitions)
+    declared: list[str] | None = None
+    if class_file is not None:
+        declared = []
+        for number, line in read_lines(class_file):
+            name = line.strip()
+            if not name.startswith("/"):
+                problems.annotation(
+                    class_file,
+                    f"expected a class folder like '/a/abbey', got {name!r}",
+                    line=number,
+                )
+                continue
+            declared.append(name)
+        task.source_files.append(str(class_file))
+
+    entries: dict[str, tuple[Path, list[tuple[str, str]]]] = {}
+    for split_name, prefix in (("train", "Training"), ("test", "Testing")):
+        list_file = partitions / f"{prefix}_{partition:02d}.txt"
+        try:
+            lines = read_lines(list_file)
+        except TransferlabError as exc:
+            problems.report(exc)
+            continue
+        task.source_files.append(str(list_file))
+        rows = []
+        for number, line in lines:
+            rel = line.strip()
+            cls = rel.rsplit("/", 1)[0]
+            if not rel.startswith("/") or cls.count("/") < 2:
+                problems.annotation(
+                    list_file,
+                    f"expected a path like '/a/abbey/sun_x.jpg', got {rel!r}",
+                    line=number,
+                )
+                continue
+            rows.append((cls, rel))
+        entries[split_name] = (list_file, rows)
+
+    found = sorted({cls for _, rows in entries.values() for cls, _ in rows})
+    if declared is not None:
+        task.classes = declared
+        task.notes.append(f"class order from {class_file.name}")
+    else:
+        task.classes = found
+        task.notes.append(
+            "no ClassName.txt: classes are the sorted folders named in the partition files"
+        )
+    index = {cls: k for k, cls in enumerate(task.classes)}
+    for split_name, (list_file, rows) in entries.items():
+        kept = [(cls, rel) for cls, rel in rows if cls in index]
+        for cls in sorted({cls for cls, _ in rows} - set(index)):
+            problems.annotation(list_file, f"class {cls} is not listed in {class_file}")
+        labels = np.array([index[cls] for cls, _ in kept], dtype=np.int64)
+        split = Split(split_name, [str(images / rel.lstrip("/")) for _, rel in kept], labels)
+        task.splits[split_name] = split
+        counts = np.bincount(labels, minlength=len(task.classes))
+        for k in np.flatnonzero(counts == 0):
+            problems.annotation(list_file, f"class {task.classes[k]} has no image")
+        check_images_exist(split.paths, problems, list_file)
+    return task
+
+
+def _find_optional(root: Path, partitions: Path) -> Path | None:
+    for candidate in (partitions / "ClassName.txt", partitions.parent / "ClassName.txt"):
+        if candidate.is_file():
+            return candidate
+    try:
+        return find_under(root, ["ClassName.txt"], "ClassName.txt")
+    except TransferlabError:
+        return None
+
+
+register(
+    TaskSpec(
+        name="sun397",
+        title="SUN397 scenes",
+        group=1,
+        distance=3,
+        kind="single",
+        metric="accuracy",
+        layout="SUN397/<letter>/<class>/..., Partitions/{Training,Testing}_0N.txt [, ClassName.txt]",
+        reader=read_sun397,
+        options={"partition": 1},
+        protocol="official partition N (default 1): 50 train / 50 test images per class, 397 classes; accuracy",
+    )
+)
