@@ -1,0 +1,232 @@
+"""Study configuration: one YAML file naming sources, tasks and the factor values to try.
+
+Validated with pydantic; unknown keys and bad values are errors that name the key. The
+defaults are the paper's "Deep Standard": last layer, average pooling, L2, no PCA, no
+augmentation, no fine-tuning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from transferlab.errors import TransferlabError
+
+NORMALISATIONS = ("none", "l2", "power", "l2+power")
+VIEW_CHOICES = ("orig", "orig+flip")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceEntry(_Strict):
+    """A source: a spec (built-in name, timm:ARCH, finetuned:PATH, concat:[a,b], ...) with
+    optional weights file and a short label for the report."""
+
+    spec: str
+    weights: str | None = None
+    label: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.label or self.spec
+
+
+class TaskEntry(_Strict):
+    name: str
+    root: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrainEntry(_Strict):
+    """A source network trained from scratch by the study (learning factors, issue 6)."""
+
+    arch: Literal["alexnet", "vgg16"] = "alexnet"
+    width: Literal["tiny", "small", "medium", "large"] = "tiny"
+    source_task: str | list[str] = "fashion_mnist"
+    resolution: int = 32
+    epochs: int = 3
+    snapshots: list[int] = Field(default_factory=list)
+    classes: int | None = None
+    images_per_class: int | None = None
+    seed: int = 0
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class ProbeConfig(_Strict):
+    loss: Literal["squared_hinge", "logistic"] = "squared_hinge"
+    Cs: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0, 100.0])
+    class_weight: Literal["balanced"] | None = None
+
+    @field_validator("Cs")
+    @classmethod
+    def _positive(cls, value: list[float]) -> list[float]:
+        if not value or any(c <= 0 for c in value):
+            raise ValueError("every C must be positive")
+        return value
+
+
+class RetrievalConfig(_Strict):
+    metric: Literal["cosine", "l2"] = "cosine"
+    qe: list[int] = Field(default_factory=lambda: [0])
+    spatial_search: bool = False
+    whiten_on: str | None = None  # a task whose database features fit the PCA (e.g. paris6k for oxford5k)
+
+
+class FinetuneConfig(_Strict):
+    epochs: int = 3
+    blocks: int | None = None
+    lr: float = 0.01
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    batch_size: int = 32
+    input_size: int | None = None
+
+
+class Factors(_Strict):
+    """Values to try for each post-learning factor; the first value is the standard one."""
+
+    layers: list[int | str] = Field(default_factory=lambda: [-1])
+    pooling: list[str] = Field(default_factory=lambda: ["avg"])
+    normalisation: list[str] = Field(default_factory=lambda: ["l2"])
+    pca_dims: list[int] = Field(default_factory=lambda: [0])
+    views: list[str] = Field(default_factory=lambda: ["orig"])
+    finetune: list[Literal["off", "on"]] = Field(default_factory=lambda: ["off"])
+
+    @field_validator("pooling")
+    @classmethod
+    def _pooling(cls, value: list[str]) -> list[str]:
+        from transferlab.features.pooling import validate_pooling
+
+        for p in value:
+            try:
+                validate_pooling(p)
+            except TransferlabError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("normalisation")
+    @classmethod
+    def _norm(cls, value: list[str]) -> list[str]:
+        bad = [v for v in value if v not in NORMALISATIONS]
+        if bad:
+            raise ValueError(f"unknown normalisation {bad[0]!r}; choose from {', '.join(NORMALISATIONS)}")
+        return value
+
+    @field_validator("pca_dims")
+    @classmethod
+    def _pca(cls, value: list[int]) -> list[int]:
+        if any(d < 0 for d in value):
+            raise ValueError("PCA dims must be >= 0 (0 = no PCA)")
+        return value
+
+    @field_validator("views")
+    @classmethod
+    def _views(cls, value: list[str]) -> list[str]:
+        bad = [v for v in value if v not in VIEW_CHOICES]
+        if bad:
+            raise ValueError(f"unknown views {bad[0]!r}; choose from {', '.join(VIEW_CHOICES)}")
+        return value
+
+    @model_validator(mode="after")
+    def _non_empty(self) -> Factors:
+        for name in type(self).model_fields:
+            if not getattr(self, name):
+                raise ValueError(f"factor {name} needs at least one value")
+        return self
+
+
+class Execution(_Strict):
+    batch_size: int = 32
+    device: str = "auto"
+    seed: int = 0
+    on_bad_image: Literal["error", "skip"] = "error"
+
+
+class StudyConfig(_Strict):
+    name: str = "study"
+    description: str = ""
+    sources: list[SourceEntry]
+    tasks: list[TaskEntry]
+    data_root: str | None = None
+    quick: bool = False
+    sweep: Literal["one_at_a_time", "grid"] = "one_at_a_time"
+    optimal: bool = True  # also evaluate the combination of each factor's best value
+    factors: Factors = Field(default_factory=Factors)
+    probe: ProbeConfig = Field(default_factory=ProbeConfig)
+    retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    train: list[TrainEntry] = Field(default_factory=list)
+    distance: Literal["paper", "source_prediction"] = "paper"
+    execution: Execution = Field(default_factory=Execution)
+
+    @field_validator("sources", mode="before")
+    @classmethod
+    def _sources(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [{"spec": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _tasks(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [{"name": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    @model_validator(mode="after")
+    def _some(self) -> StudyConfig:
+        if not self.sources and not self.train:
+            raise ValueError("sources: name at least one source (or a train: entry)")
+        if not self.tasks:
+            raise ValueError("tasks: name at least one task")
+        return self
+
+    def config_hash(self) -> str:
+        text = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def task_root(self, task: TaskEntry) -> str | None:
+        if task.root:
+            return task.root
+        if self.data_root:
+            return str(Path(self.data_root) / task.name)
+        return None
+
+
+def _format_errors(exc: ValidationError, source: str) -> str:
+    lines = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"{source}: {key}: {message}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict, source: str = "<config>") -> StudyConfig:
+    if not isinstance(data, dict):
+        raise TransferlabError(f"{source}: a study config must be a YAML mapping")
+    try:
+        return StudyConfig.model_validate(data)
+    except ValidationError as exc:
+        raise TransferlabError("invalid study config\n" + _format_errors(exc, source)) from None
+
+
+def load_config(path: str | Path) -> StudyConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise TransferlabError(f"study config {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise TransferlabError(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    return parse_config(data, str(path))

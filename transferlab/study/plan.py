@@ -1,0 +1,240 @@
+"""Planner: expand a study config into jobs, grouped so every (source, task) is forwarded
+once and every layer/pooling of the config comes out of that one pass.
+
+Everything a run needs is checked here, before any compute: task names and roots, the
+tasks' annotation files, source specs, layers. All problems are reported at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from transferlab.data.base import TaskData, image_splits
+from transferlab.data.tasks import TaskSpec, get_task, load_task
+from transferlab.errors import TransferlabError
+from transferlab.study.config import SourceEntry, StudyConfig
+
+FACTOR_NAMES = ("layer", "pooling", "normalisation", "pca", "views", "finetune", "qe")
+CONCAT = re.compile(r"^concat:\[(.+)\]$")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One value of every post-learning factor."""
+
+    layer: int | str = -1
+    pooling: str = "avg"
+    normalisation: str = "l2"
+    pca: int = 0
+    views: str = "orig"
+    finetune: str = "off"
+    qe: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def postprocess_spec(self, retrieval_whiten: bool = False) -> str:
+        """The paper's order: L2 -> PCA (or PCA-whitening) -> power -> L2."""
+        pca = f"pca{'w' if retrieval_whiten else ''}{self.pca}" if self.pca else ""
+        steps = {
+            "none": ["l2", pca] if pca else [],
+            "l2": ["l2", pca, "l2"] if pca else ["l2"],
+            "power": (["l2", pca] if pca else []) + ["power", "l2"],
+            "l2+power": ["l2", pca, "power", "l2"] if pca else ["l2", "power", "l2"],
+        }[self.normalisation]
+        return ",".join(step for step in steps if step) or "none"
+
+
+@dataclass(frozen=True)
+class Job:
+    """Evaluate one Setting of one source on one task."""
+
+    source: str  # SourceEntry.name
+    task: str
+    setting: Setting
+    kind: str  # "probe" or "retrieval"
+    standard: bool = False
+    optimal: bool = False
+
+    @property
+    def key(self) -> str:
+        text = json.dumps([self.source, self.task, self.setting.as_dict(), self.optimal], sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+    def factors(self) -> dict[str, Any]:
+        values = self.setting.as_dict()
+        if self.kind == "probe":
+            values.pop("qe")
+        values["sweep"] = "optimal" if self.optimal else "sweep"
+        return values
+
+
+@dataclass
+class Plan:
+    config: StudyConfig
+    sources: dict[str, SourceEntry]
+    tasks: dict[str, TaskData]
+    specs: dict[str, TaskSpec]
+    jobs: list[Job]
+    layers: list[int | str]
+    poolings: list[str]
+    views: list[str]
+    notes: list[str] = field(default_factory=list)
+
+    def jobs_for(self, source: str, task: str) -> list[Job]:
+        return [j for j in self.jobs if j.source == source and j.task == task]
+
+    def pairs(self) -> list[tuple[str, str]]:
+        seen: dict[tuple[str, str], None] = {}
+        for job in self.jobs:
+            seen.setdefault((job.source, job.task), None)
+        return list(seen)
+
+    def images_per_task(self, task: str) -> int:
+        return sum(len(split) for split in image_splits(self.tasks[task]).values())
+
+    def summary(self, done: set[str] | None = None) -> dict[str, Any]:
+        done = done or set()
+        pending = [j for j in self.jobs if j.key not in done]
+        pending_pairs = {(j.source, j.task) for j in pending}
+        finetuned = {(j.source, j.task) for j in pending if j.setting.finetune == "on"}
+        n_views = len(self.views)
+        forwards = 0
+        for source, task in pending_pairs:
+            members = concat_members(self.sources[source].spec) or [source]
+            forwards += len(members) * self.images_per_task(task) * n_views
+        for _source, task in finetuned:
+            forwards += self.images_per_task(task) * n_views
+        probe_fits = sum(1 for j in pending if j.kind == "probe" and not j.optimal)
+        retrievals = sum(1 for j in pending if j.kind == "retrieval" and not j.optimal)
+        optimal = sum(1 for j in pending if j.optimal)
+        estimate = forwards * 0.03 + probe_fits * 0.5 + retrievals * 0.2 + len(finetuned) * 60
+        return {
+            "sources": list(self.sources),
+            "tasks": list(self.tasks),
+            "forward_groups": len(pending_pairs) + len(finetuned),
+            "image_forwards": forwards,
+            "probe_fits": probe_fits,
+            "retrieval_evaluations": retrievals,
+            "optimal_jobs": optimal,
+            "finetune_runs": len(finetuned),
+            "jobs_total": len(self.jobs),
+            "jobs_done": len(self.jobs) - len(pending),
+            "estimated_seconds_cpu": round(estimate, 1),
+            "notes": self.notes,
+        }
+
+
+def concat_members(spec: str) -> list[str] | None:
+    match = CONCAT.match(spec.strip())
+    if not match:
+        return None
+    return [part.strip() for part in match.group(1).split(",") if part.strip()]
+
+
+def settings_for(config: StudyConfig, retrieval: bool) -> list[tuple[Setting, bool]]:
+    """(setting, is_standard) pairs: one-at-a-time from the standard, or the full grid."""
+    f = config.factors
+    values = {
+        "layer": f.layers, "pooling": f.pooling, "normalisation": f.normalisation,
+        "pca": f.pca_dims, "views": f.views,
+        "finetune": ["off"] if retrieval else f.finetune,
+        "qe": config.retrieval.qe if retrieval else [0],
+    }
+    standard = Setting(**{name: vals[0] for name, vals in values.items()})
+    if config.sweep == "grid":
+        names = list(values)
+        out = [Setting(**dict(zip(names, combo, strict=True))) for combo in itertools.product(*values.values())]
+    else:
+        out = [standard]
+        for name, vals in values.items():
+            out.extend(replace(standard, **{name: v}) for v in vals[1:])
+    unique = list(dict.fromkeys(out))
+    return [(s, s == standard) for s in unique]
+
+
+def make_plan(config: StudyConfig, check_layers: bool = True) -> Plan:
+    problems: list[str] = []
+    notes: list[str] = []
+    tasks: dict[str, TaskData] = {}
+    specs: dict[str, TaskSpec] = {}
+    for entry in config.tasks:
+        try:
+            spec = get_task(entry.name)
+        except TransferlabError as exc:
+            problems.append(f"tasks.{entry.name}: {exc}")
+            continue
+        specs[entry.name] = spec
+        root = config.task_root(entry)
+        options = dict(entry.options)
+        if spec.builtin and config.quick:
+            options.setdefault("quick", True)
+        if not spec.builtin and root is None:
+            problems.append(f"tasks.{entry.name}: needs a root (tasks: [{{name: {entry.name}, root: DIR}}] or data_root)")
+            continue
+        try:
+            tasks[entry.name] = load_task(entry.name, root, **options)
+        except TransferlabError as exc:
+            problems.append(f"tasks.{entry.name}: {exc}")
+    if config.retrieval.whiten_on and config.retrieval.whiten_on not in specs:
+        problems.append(f"retrieval.whiten_on: {config.retrieval.whiten_on} must also be listed under tasks")
+
+    sources = {}
+    for entry in config.sources:
+        if entry.name in sources:
+            problems.append(f"sources: {entry.name} is listed twice")
+            continue
+        sources[entry.name] = entry
+        problems.extend(_check_source(entry, config, check_layers))
+
+    jobs = []
+    for source_name in sources:
+        for task_name, spec in specs.items():
+            if task_name not in tasks:
+                continue
+            retrieval = spec.kind == "retrieval"
+            standard_source = source_name == next(iter(sources))
+            for setting, is_standard in settings_for(config, retrieval):
+                if setting.pooling == "windows" and not retrieval:
+                    continue
+                jobs.append(Job(source_name, task_name, setting, "retrieval" if retrieval else "probe",
+                                standard=is_standard and standard_source))
+    if "windows" in config.factors.pooling:
+        notes.append("pooling 'windows' (spatial search) is evaluated on retrieval tasks only")
+    if problems:
+        raise TransferlabError("the study cannot start:\n  " + "\n  ".join(problems))
+    views = ["orig", "flip"] if "orig+flip" in config.factors.views else ["orig"]
+    return Plan(config, sources, tasks, specs, jobs, list(config.factors.layers),
+                list(config.factors.pooling), views, notes)
+
+
+def _check_source(entry: SourceEntry, config: StudyConfig, check_layers: bool) -> list[str]:
+    from transferlab.sources import load_source
+
+    members = concat_members(entry.spec)
+    specs = members if members else [entry.spec]
+    problems = []
+    for spec in specs:
+        try:
+            source = load_source(spec, entry.weights)
+        except TransferlabError as exc:
+            problems.append(f"sources.{entry.name}: {exc}")
+            continue
+        if not check_layers:
+            continue
+        try:
+            layers = source.resolve_layers(config.factors.layers)
+        except TransferlabError as exc:
+            problems.append(f"sources.{entry.name}: {exc}")
+            continue
+        vector = [layer.name for layer in layers if not layer.spatial]
+        spatial_only = [p for p in config.factors.pooling if p not in ("avg", "max")]
+        if vector and spatial_only and len(config.factors.pooling) == len(spatial_only):
+            problems.append(f"sources.{entry.name}: layers {', '.join(vector)} are vectors; "
+                            f"poolings {', '.join(spatial_only)} need spatial layers")
+    return problems

@@ -1,0 +1,245 @@
+"""Run a study: plan, extract once per (source, task), evaluate every pending job, store.
+
+A killed run loses nothing finished: every result is committed as it arrives, features
+are in the FeatureStore, and a rerun skips both.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import yaml
+
+from transferlab.data.base import TaskData
+from transferlab.errors import TransferlabError
+from transferlab.features.export import extract_task
+from transferlab.features.store import FeatureStore
+from transferlab.study.config import StudyConfig
+from transferlab.study.evaluation import (
+    FeatureSource,
+    best_setting,
+    evaluate_probe_job,
+    evaluate_retrieval_job,
+)
+from transferlab.study.executors import make_executor
+from transferlab.study.plan import Job, Plan, concat_members, make_plan, settings_for
+from transferlab.study.results import ResultRow, ResultStore, collect_provenance
+
+
+@dataclass
+class RunSummary:
+    run_dir: Path
+    new_results: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+    forwarded_images: int = 0
+    failures: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------- remote-safe work units
+def extract_pair(specs: list[tuple[str, str | None]], task: TaskData, layers: list, poolings: list[str],
+                 views: list[str], store_root: str | None, execution: dict) -> tuple[FeatureSource, int]:
+    """Forward every image of ``task`` once per source member and view; all layers/poolings."""
+    from transferlab.sources import load_source
+
+    store = FeatureStore(store_root) if store_root else FeatureStore()
+    members, forwarded = [], 0
+    for spec, weights in specs:
+        source = load_source(spec, weights)
+        layer_specs = [layer for layer in layers if _layer_exists(source, layer)]
+        feats = extract_task(source, task, layer_specs, poolings, views, store=store,
+                             device=execution["device"], batch_size=execution["batch_size"],
+                             on_bad_image=execution["on_bad_image"], progress=execution.get("progress", True))
+        forwarded += sum(s.forwarded_images for s in feats.splits.values())
+        members.append(feats)
+    return FeatureSource(members), forwarded
+
+
+def _layer_exists(source, layer) -> bool:
+    try:
+        source.resolve_layers([layer])
+        return True
+    except TransferlabError:
+        return False
+
+
+def evaluate_jobs(jobs: list[Job], task: TaskData, features: FeatureSource, config: StudyConfig,
+                  metric: str, whiten: FeatureSource | None = None) -> list[ResultRow | str]:
+    """Evaluate jobs sharing one (source, task); a failing job becomes an error string.
+    ``whiten``: features of a held-out task whose database fits the retrieval PCA."""
+    out: list[ResultRow | str] = []
+    for job in jobs:
+        try:
+            if job.kind == "retrieval":
+                held_out = None if whiten is None else whiten.split("db", job.setting.layer, job.setting.pooling)
+                out.append(evaluate_retrieval_job(job, task, features, config.retrieval, metric, held_out))
+            else:
+                out.append(evaluate_probe_job(job, task, features, config.probe, metric, config.execution.seed))
+        except TransferlabError as exc:
+            out.append(f"{job.source} / {job.task} / {job.setting}: {exc}")
+    return out
+
+
+# ------------------------------------------------------------------ orchestration
+def task_meta(plan: Plan) -> dict[str, dict]:
+    from transferlab.evaluate import PROTOCOLS
+
+    return {
+        name: {"distance": spec.distance, "group": spec.group, "group_name": spec.group_name,
+               "metric": spec.metric, "kind": spec.kind, "title": spec.title,
+               "protocol": spec.protocol or PROTOCOLS.get(spec.metric, "")}
+        for name, spec in plan.specs.items()
+    }
+
+
+def run_study(config: StudyConfig, run_dir: str | Path, *, executor: str = "local", address: str | None = None,
+              cache: str | None = None, progress: bool = True) -> RunSummary:
+    run_dir = Path(run_dir)
+    started = time.perf_counter()
+    plan = make_plan(config)
+    provenance = collect_provenance(config.config_hash(), config.execution.seed, config.execution.device)
+    results = ResultStore(run_dir, provenance=provenance)
+    summary = RunSummary(run_dir)
+    with results.lock():
+        results.set_meta("name", config.name)
+        results.set_meta("config", yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+        results.set_meta("tasks", task_meta(plan))
+        results.set_meta("sources", list(plan.sources))
+        results.set_meta("standard", settings_for(config, False)[0][0].as_dict())
+        done = results.done_keys()
+        pool = make_executor(executor, address)
+        execution = {**config.execution.model_dump(), "progress": progress}
+        try:
+            for source_name, task_name in plan.pairs():
+                jobs = [j for j in plan.jobs_for(source_name, task_name) if j.key not in done]
+                optimal_wanted = config.optimal and config.sweep == "one_at_a_time"
+                if not jobs and not optimal_wanted:
+                    summary.skipped += len(plan.jobs_for(source_name, task_name))
+                    continue
+                summary.skipped += len(plan.jobs_for(source_name, task_name)) - len(jobs)
+                _run_pair(plan, pool, results, summary, source_name, task_name, jobs, execution, cache,
+                          optimal_wanted, done, progress)
+        finally:
+            pool.shutdown()
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _source_specs(plan: Plan, source_name: str) -> list[tuple[str, str | None]]:
+    entry = plan.sources[source_name]
+    members = concat_members(entry.spec)
+    return [(m, None) for m in members] if members else [(entry.spec, entry.weights)]
+
+
+def _run_pair(plan: Plan, pool, results: ResultStore, summary: RunSummary, source_name: str, task_name: str,
+              jobs: list[Job], execution: dict, cache: str | None, optimal_wanted: bool, done: set[str],
+              progress: bool) -> None:
+    config = plan.config
+    task = plan.tasks[task_name]
+    metric = plan.specs[task_name].metric
+    features = None
+
+    def ensure_features() -> FeatureSource:
+        nonlocal features
+        if features is None:
+            features, forwarded = pool.run_extraction(
+                extract_pair, _source_specs(plan, source_name), task, plan.layers, plan.poolings,
+                plan.views, cache, execution)
+            summary.forwarded_images += forwarded
+        return features
+
+    whiten = None
+    if plan.specs[task_name].kind == "retrieval" and config.retrieval.whiten_on:
+        whiten = _whitening_features(plan, pool, source_name, cache, execution)
+
+    plain = [j for j in jobs if j.setting.finetune == "off"]
+    tuned = [j for j in jobs if j.setting.finetune == "on"]
+    if plain:
+        _evaluate(pool, results, summary, plain, task, ensure_features(), config, metric, whiten, progress)
+    if tuned:
+        tuned_features = _finetuned_features(plan, pool, results, source_name, task_name, execution, cache)
+        _evaluate(pool, results, summary, tuned, task, tuned_features, config, metric, whiten, progress)
+    if optimal_wanted:
+        from transferlab.evaluate import higher_is_better
+
+        rows = [r for r in results.rows(task_name) if r["source"] == source_name]
+        standard = settings_for(config, plan.specs[task_name].kind == "retrieval")[0][0]
+        best = best_setting(rows, standard, higher_is_better(metric))
+        job = Job(source_name, task_name, best, jobs[0].kind if jobs else _kind(plan, task_name), optimal=True)
+        evaluated = {j.setting for j in plan.jobs_for(source_name, task_name)}
+        if job.key in done or best in evaluated:
+            return  # the best combination is one the sweep already measured
+        if best.finetune == "on":
+            feats = _finetuned_features(plan, pool, results, source_name, task_name, execution, cache)
+        else:
+            feats = ensure_features()
+        _evaluate(pool, results, summary, [job], task, feats, config, metric, whiten, progress)
+
+
+def _kind(plan: Plan, task_name: str) -> str:
+    return "retrieval" if plan.specs[task_name].kind == "retrieval" else "probe"
+
+
+def _evaluate(pool, results, summary, jobs, task, features, config, metric, whiten, progress) -> None:
+    from tqdm.auto import tqdm
+
+    # one call per (layer, pooling, views): features are loaded once for its jobs
+    groups: dict[tuple, list[Job]] = {}
+    for job in jobs:
+        groups.setdefault((job.setting.layer, job.setting.pooling, job.setting.views), []).append(job)
+    calls = [(group, task, features, config, metric, whiten) for group in groups.values()]
+    bar = tqdm(total=len(jobs), unit="job", desc=f"evaluating {jobs[0].source} on {task.name}",
+               disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    try:
+        for outcome in pool.map_evaluation(evaluate_jobs, calls):
+            rows = [r for r in outcome if isinstance(r, ResultRow)]
+            errors = [r for r in outcome if isinstance(r, str)]
+            if rows:
+                results.add_many(rows)
+            summary.new_results += len(rows)
+            summary.failures.extend(errors)
+            for error in errors:
+                print(f"transferlab: job failed: {error}", file=sys.stderr)
+            bar.update(len(outcome))
+    finally:
+        bar.close()
+
+
+def _whitening_features(plan: Plan, pool, source_name: str, cache, execution):
+    """Database features of the held-out task named by ``retrieval.whiten_on`` (e.g. Paris
+    for Oxford); the whitening of each job is fit on them with the job's layer/pooling."""
+    held_out = plan.config.retrieval.whiten_on
+    feats, _ = pool.run_extraction(extract_pair, _source_specs(plan, source_name), plan.tasks[held_out],
+                                   plan.layers, plan.poolings, ["orig"], cache, execution)
+    return feats
+
+
+def _finetuned_features(plan: Plan, pool, results: ResultStore, source_name: str, task_name: str,
+                        execution: dict, cache) -> FeatureSource:
+    """Fine-tune the source on the task once (resumable, under RUN_DIR/finetuned/), then
+    extract features of the fine-tuned network."""
+    from transferlab.heads.finetune import finetune
+    from transferlab.sources import load_source
+
+    entry = plan.sources[source_name]
+    if concat_members(entry.spec):
+        raise TransferlabError(f"fine-tuning a concat source ({entry.spec}) is not supported")
+    out = results.run_dir / "finetuned" / f"{_slug(source_name)}__{task_name}"
+    ft = plan.config.finetune
+    if not (out / "source.json").exists():
+        source = load_source(entry.spec, entry.weights)
+        if ft.input_size:
+            source.preprocessing = replace(source.preprocessing, input_size=ft.input_size)
+        finetune(source, [plan.tasks[task_name]], out, blocks=ft.blocks, epochs=ft.epochs, lr=ft.lr,
+                 optimizer=ft.optimizer, batch_size=ft.batch_size, device=execution["device"],
+                 seed=execution["seed"], progress=execution.get("progress", True))
+    feats, _ = pool.run_extraction(extract_pair, [(f"finetuned:{out}", None)], plan.tasks[task_name],
+                                   plan.layers, plan.poolings, plan.views, cache, execution)
+    return feats
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[:80]
