@@ -185,13 +185,23 @@ def make_plan(config: StudyConfig, check_layers: bool = True) -> Plan:
         problems.append(f"retrieval.whiten_on: {config.retrieval.whiten_on} must also be listed under tasks")
 
     sources = {}
+    usable: dict[str, dict[str, bool]] = {}  # source -> layer spec -> spatial?
     for entry in config.sources:
         if entry.name in sources:
             problems.append(f"sources: {entry.name} is listed twice")
             continue
         sources[entry.name] = entry
-        problems.extend(_check_source(entry, config, check_layers))
+        found, source_problems = _check_source(entry, config, check_layers)
+        problems.extend(source_problems)
+        usable[entry.name] = found
+        missing = [str(layer) for layer in config.factors.layers if str(layer) not in found]
+        if check_layers and found and missing and len(missing) < len(config.factors.layers):
+            notes.append(f"source {entry.name} has no layer {', '.join(missing)}: those settings are skipped for it")
 
+    if check_layers and usable:
+        for layer in config.factors.layers:
+            if usable and all(str(layer) not in found for found in usable.values() if found):
+                problems.append(f"factors.layers: layer {layer} exists in none of the sources")
     jobs = []
     for source_name in sources:
         for task_name, spec in specs.items():
@@ -202,6 +212,9 @@ def make_plan(config: StudyConfig, check_layers: bool = True) -> Plan:
             for setting, is_standard in settings_for(config, retrieval):
                 if setting.pooling == "windows" and not retrieval:
                     continue
+                spatial = usable[source_name].get(str(setting.layer))
+                if check_layers and (spatial is None or (not spatial and setting.pooling not in ("avg", "max"))):
+                    continue  # layer absent from this source, or a vector layer with spatial pooling
                 jobs.append(Job(source_name, task_name, setting, "retrieval" if retrieval else "probe",
                                 standard=is_standard and standard_source))
     if "windows" in config.factors.pooling:
@@ -213,12 +226,14 @@ def make_plan(config: StudyConfig, check_layers: bool = True) -> Plan:
                 list(config.factors.pooling), views, notes)
 
 
-def _check_source(entry: SourceEntry, config: StudyConfig, check_layers: bool) -> list[str]:
+def _check_source(entry: SourceEntry, config: StudyConfig, check_layers: bool) -> tuple[dict[str, bool], list[str]]:
+    """Load each (member) source once; return {layer spec: spatial?} usable by every member."""
     from transferlab.sources import load_source
 
     members = concat_members(entry.spec)
     specs = members if members else [entry.spec]
-    problems = []
+    problems: list[str] = []
+    found: dict[str, bool] | None = None
     for spec in specs:
         try:
             source = load_source(spec, entry.weights)
@@ -227,14 +242,15 @@ def _check_source(entry: SourceEntry, config: StudyConfig, check_layers: bool) -
             continue
         if not check_layers:
             continue
-        try:
-            layers = source.resolve_layers(config.factors.layers)
-        except TransferlabError as exc:
-            problems.append(f"sources.{entry.name}: {exc}")
-            continue
-        vector = [layer.name for layer in layers if not layer.spatial]
-        spatial_only = [p for p in config.factors.pooling if p not in ("avg", "max")]
-        if vector and spatial_only and len(config.factors.pooling) == len(spatial_only):
-            problems.append(f"sources.{entry.name}: layers {', '.join(vector)} are vectors; "
-                            f"poolings {', '.join(spatial_only)} need spatial layers")
-    return problems
+        layers: dict[str, bool] = {}
+        for layer in config.factors.layers:
+            try:
+                (resolved,) = source.resolve_layers([layer])
+            except TransferlabError:
+                continue
+            layers[str(layer)] = resolved.spatial
+        if not layers:
+            problems.append(f"sources.{entry.name}: none of the layers {config.factors.layers} exists in {spec} "
+                            f"(it has {', '.join(str(layer.index) for layer in source.layers)})")
+        found = layers if found is None else {k: v and layers[k] for k, v in found.items() if k in layers}
+    return found or {}, problems
