@@ -1,0 +1,86 @@
+"""Probing arrays exported by `transferlab extract --out` (no network needed)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from transferlab.data.base import Split, TaskData
+from transferlab.errors import AnnotationError, TransferlabError
+
+
+@dataclass
+class _Handle:
+    folder: Path
+    kept_count: int
+
+    def get(self, layer, pooling: str, view: str = "orig") -> np.ndarray:
+        name = layer if isinstance(layer, str) else layer.name
+        suffix = "" if view == "orig" else f"__{view}"
+        path = self.folder / f"{name}__{pooling}{suffix}.npy"
+        if not path.exists():
+            raise TransferlabError(f"{path} not found: export it with transferlab extract --out")
+        return np.load(path, mmap_mode="r")
+
+    @property
+    def kept(self) -> np.ndarray:
+        return np.arange(self.kept_count)
+
+
+@dataclass
+class _Layer:
+    name: str
+    index: int
+
+
+@dataclass
+class _Exported:
+    layers: list[_Layer]
+    splits: dict[str, _Handle]
+
+
+def exported_task_and_features(folder: str | Path, setting):
+    from transferlab.study.evaluation import FeatureSource
+
+    folder = Path(folder)
+    manifest_path = folder / "manifest.json"
+    if not manifest_path.exists():
+        raise TransferlabError(f"{folder}: no manifest.json (not a `transferlab extract --out` folder)")
+    manifest = json.loads(manifest_path.read_text())
+    splits: dict[str, Split] = {}
+    handles: dict[str, _Handle] = {}
+    label_names: list[list[str]] = []
+    for name in manifest["splits"]:
+        items = folder / name / "items.csv"
+        with open(items, newline="", encoding="utf-8") as handle:
+            rows = list(csv.reader(handle))
+        if not rows or rows[0] != ["path", "label"]:
+            raise AnnotationError(items, "header must be path,label", line=1)
+        body = rows[1:]
+        splits[name] = Split(name, [r[0] for r in body], np.zeros(len(body), dtype=np.int64))
+        label_names.append([r[1] for r in body])
+        handles[name] = _Handle(folder / name, len(body))
+    multilabel = any(";" in label for names in label_names for label in names)
+    classes = sorted({c for names in label_names for label in names for c in label.split(";") if c})
+    index = {c: i for i, c in enumerate(classes)}
+    for (name, split), names in zip(splits.items(), label_names, strict=True):
+        if multilabel:
+            labels = -np.ones((len(names), len(classes)), dtype=np.int8)
+            for row, label in enumerate(names):
+                for c in label.split(";"):
+                    if c:
+                        labels[row, index[c]] = 1
+        else:
+            labels = np.array([index[n] for n in names], dtype=np.int64)
+        splits[name] = Split(name, split.paths, labels)
+    if "train" not in splits or "test" not in splits:
+        raise TransferlabError(f"{folder}: probing needs exported train and test splits")
+    task = TaskData(name=manifest.get("task", folder.name), kind="multilabel" if multilabel else "single",
+                    classes=classes, splits=splits, root=str(folder))
+    layers = [_Layer(entry["name"], entry["index"]) for entry in manifest["layers"]]
+    metric = "map" if multilabel else "accuracy"
+    return task, FeatureSource([_Exported(layers, handles)]), metric

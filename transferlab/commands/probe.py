@@ -1,0 +1,115 @@
+"""`transferlab probe`: a linear probe on one representation of one task."""
+
+from __future__ import annotations
+
+import argparse
+
+from transferlab.commands._common import print_json
+from transferlab.commands.extract import add_runtime_arguments
+
+
+def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "probe", parents=[parent], help="train and score a linear probe on one representation",
+        description="Extract (or reuse) one layer/pooling of a source on a task, post-process it, "
+        "fit the linear probe (C chosen on val, else by k-fold) and score test with the task's "
+        "own metric. Or probe arrays exported by `transferlab extract --out` (--features DIR).",
+        epilog="examples: transferlab probe --source efficientnet_lite0 --task digits --layer -2 "
+        "--pool grid2 --json;  transferlab probe --features feats/ --layer features --pool avg",
+    )
+    p.add_argument("--source", help="source spec (see transferlab sources)")
+    p.add_argument("--weights", help="weights file for timm:/torchvision: sources, or 'none'")
+    p.add_argument("--task", help="task name (see transferlab tasks)")
+    p.add_argument("--root", help="the task's folder (benchmarks)")
+    p.add_argument("--features", help="a folder written by `transferlab extract --out` instead of --source/--task")
+    p.add_argument("--quick", action="store_true", help="built-in tasks: the small version")
+    add_setting_arguments(p)
+    p.add_argument("--loss", choices=["squared_hinge", "logistic"], default="squared_hinge")
+    p.add_argument("--Cs", default="0.001,0.01,0.1,1,10,100,1000", help="C grid, comma separated")
+    p.add_argument("--class-weight", choices=["balanced"], default=None)
+    add_runtime_arguments(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run)
+
+
+def add_setting_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--layer", default="-1", help="layer index from the top (-1, -2, ...) or module name [-1]")
+    p.add_argument("--pool", default="avg", help="pooling [avg]")
+    p.add_argument("--norm", default="l2", choices=["none", "l2", "power", "l2+power"], help="normalisation [l2]")
+    p.add_argument("--pca", type=int, default=0, help="PCA dims, 0 = none [0]")
+    p.add_argument("--views", default="orig", choices=["orig", "orig+flip"], help="flip augmentation [orig]")
+
+
+def setting_from(args: argparse.Namespace, qe: int = 0):
+    from transferlab.study.plan import Setting
+
+    layer: int | str = int(args.layer) if args.layer.lstrip("-").isdigit() else args.layer
+    return Setting(layer=layer, pooling=args.pool, normalisation=args.norm, pca=args.pca,
+                   views=args.views, qe=qe)
+
+
+def task_and_features(args: argparse.Namespace, layer, pooling: str, views: list[str]):
+    """Load the task and extract (or reuse from the FeatureStore) what one setting needs."""
+    from transferlab.data.tasks import load_task
+    from transferlab.errors import TransferlabError
+    from transferlab.features.export import extract_task
+    from transferlab.features.store import FeatureStore
+    from transferlab.sources import load_source
+    from transferlab.study.evaluation import FeatureSource
+    from transferlab.study.plan import concat_members
+
+    if not args.source or not args.task:
+        raise TransferlabError("give --source and --task (or --features DIR)")
+    options = {"quick": True} if args.quick else {}
+    task = load_task(args.task, args.root, **options)
+    store = FeatureStore(args.cache) if args.cache else FeatureStore()
+    members = concat_members(args.source) or [args.source]
+    parts = []
+    for spec in members:
+        source = load_source(spec, args.weights if len(members) == 1 else None)
+        parts.append(extract_task(source, task, [layer], [pooling], views, store=store, device=args.device,
+                                  batch_size=args.batch_size, num_workers=args.workers,
+                                  on_bad_image=args.on_bad_image, progress=not args.no_progress))
+    return task, FeatureSource(parts)
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from transferlab.data.tasks import get_task
+    from transferlab.errors import TransferlabError
+    from transferlab.study.config import ProbeConfig
+    from transferlab.study.evaluation import evaluate_probe_job
+    from transferlab.study.plan import Job
+
+    setting = setting_from(args)
+    try:
+        Cs = [float(c) for c in args.Cs.split(",") if c.strip()]
+    except ValueError:
+        raise TransferlabError(f"--Cs must be numbers, got {args.Cs!r}") from None
+    if not Cs or any(c <= 0 for c in Cs):
+        raise TransferlabError(f"--Cs must be positive numbers, got {args.Cs!r}")
+    probe = ProbeConfig(loss=args.loss, Cs=Cs, class_weight=args.class_weight)
+    if args.features:
+        from transferlab.commands._exported import exported_task_and_features
+
+        task, features, metric = exported_task_and_features(args.features, setting)
+    else:
+        views = ["orig", "flip"] if setting.views == "orig+flip" else ["orig"]
+        task, features = task_and_features(args, setting.layer, setting.pooling, views)
+        metric = get_task(args.task).metric
+    if task.kind == "retrieval":
+        raise TransferlabError(f"task {task.name} is a retrieval task; use `transferlab retrieve`")
+    row = evaluate_probe_job(Job(args.source or "features", task.name, setting, "probe"), task, features,
+                             probe, metric)
+    payload = {"task": task.name, "metric": metric, "value": row.value,
+               "metrics": {k: v for k, v in row.metrics.items() if not isinstance(v, (list, np.ndarray))},
+               "config": {"source": args.source, "features": args.features, **row.factors,
+                          "loss": args.loss, "Cs": Cs, "class_weight": args.class_weight, **row.extra}}
+    if args.json:
+        print_json(payload)
+    else:
+        print(f"{task.name}: {metric} = {row.value:.4f}  (layer {row.factors['layer_name']}, {setting.pooling}, "
+              f"{setting.postprocess_spec()}, C={row.extra['C']:g}, {row.extra['n_train']} train / "
+              f"{row.extra['n_test']} test)")
+    return 0
