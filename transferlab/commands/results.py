@@ -1,0 +1,107 @@
+"""`transferlab results RUN_DIR`: the results of a study as a table, CSV or JSON.
+
+Reads ``RUN_DIR/results.sqlite`` (the ResultStore) without locking it, so it works while a
+study is still writing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+
+def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
+    parser = subparsers.add_parser(
+        "results",
+        parents=[parent],
+        help="print or export the results of a study run directory",
+        description="Print the results stored in RUN_DIR/results.sqlite: a table (default; tasks nearest to "
+        "the source first, only the factors that vary are shown; 'standard' marks the Deep Standard rows and "
+        "'combined' the best-per-factor setting evaluated after a one-at-a-time sweep), CSV "
+        "(--csv FILE, or --csv - for stdout) or JSON (--json: every field, NaN as null).",
+    )
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="the study's run directory")
+    parser.add_argument("--csv", metavar="FILE", help="write CSV to FILE ('-' = stdout)")
+    parser.add_argument("--json", action="store_true", help="print JSON (all fields, with provenance)")
+    parser.add_argument("--task", help="only this task")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from transferlab.study.results import ResultStore, write_text_atomic
+
+    with ResultStore(args.run_dir, create=False) as store:
+        if args.csv is not None:
+            text = store.to_csv()
+            if args.task:
+                text = _filter_csv(text, args.task)
+            if args.csv == "-":
+                sys.stdout.write(text)
+            else:
+                write_text_atomic(args.csv, text)
+                print(f"wrote {len(store.rows(args.task))} results to {args.csv}", file=sys.stderr)
+            if not args.json:
+                return 0
+        if args.json:
+            from transferlab.commands._common import print_json
+
+            print_json(store.export_rows(args.task))
+            return 0
+        rows = store.rows(args.task)
+        meta = store.meta()
+    if not rows:
+        print(f"no results in {args.run_dir}" + (f" for task {args.task}" if args.task else ""))
+        return 0
+    _print_table(rows, meta)
+    return 0
+
+
+def _role(row: dict[str, Any]) -> str:
+    if row["standard"]:
+        return "standard"
+    return "combined" if row["factors"].get("sweep") == "optimal" else ""
+
+
+def _filter_csv(text: str, task: str) -> str:
+    import csv
+    import io
+
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(header)
+    column = header.index("task")
+    writer.writerows(r for r in reader if r[column] == task)
+    return out.getvalue()
+
+
+def _print_table(rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
+    from transferlab.report.html import fmt_value
+    from transferlab.report.tables import (
+        config_of,
+        fixed_factors,
+        task_infos,
+        value_label,
+        varying_factors,
+    )
+
+    order = {t.name: i for i, t in enumerate(task_infos(rows, meta))}
+    rows = sorted(rows, key=lambda r: (order[r["task"]], not r["standard"], r["created"]))
+    varying = varying_factors(rows)
+    fixed = fixed_factors(rows)
+    if fixed:
+        print("fixed: " + ", ".join(f"{k}={value_label(v)}" for k, v in fixed.items()))
+    header = ["task", *varying, "metric", "value", "row"]
+    table = []
+    for r in rows:
+        config = config_of(r)
+        cells = [value_label(config[k]) if k in config else "-" for k in varying]
+        table.append([r["task"], *cells, r["metric"], fmt_value(r["metric"], r["value"]), _role(r)])
+    widths = [max(len(row[i]) for row in [header, *table]) for i in range(len(header))]
+    numeric = {len(header) - 2}
+    for row in [header, *table]:
+        line = "  ".join(c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+        print(line.rstrip())
+    print(f"{len(rows)} results; scores in [0, 1] shown x100")

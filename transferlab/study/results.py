@@ -1,0 +1,505 @@
+"""ResultStore: one SQLite row per (source, task, factor values), written in transactions.
+
+A study may be killed at any moment; every result it finished is already committed, so a
+restart asks ``done_keys()`` and skips those jobs. The database is in WAL mode, so the report
+and ``transferlab results`` can read while a study writes. ``lock()`` keeps a second study
+out of the same run directory.
+
+Values are stored as JSON text (factors, metrics, timings, package versions), so the schema
+never changes when a study adds a factor; ``SCHEMA_VERSION`` guards the table layout itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import fcntl
+import hashlib
+import io
+import json
+import math
+import os
+import sqlite3
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from transferlab.errors import TransferlabError
+
+SCHEMA_VERSION = 1
+DB_NAME = "results.sqlite"
+LOCK_NAME = ".lock"
+
+# Distribution names whose versions make a result reproducible (key -> distribution).
+PROVENANCE_PACKAGES = {
+    "transferlab": "transferlab",
+    "torch": "torch",
+    "torchvision": "torchvision",
+    "timm": "timm",
+    "numpy": "numpy",
+    "sklearn": "scikit-learn",
+}
+# Reading order of factors (learning factors first, then post-learning ones, as in the paper);
+# CSV columns, report rows and tables follow it, unknown factors come after, alphabetically.
+LEARNING_FACTORS = ("source", "source_task", "arch", "width", "snapshot", "classes", "images_per_class")
+POST_LEARNING_FACTORS = (
+    "layer", "layer_name", "pooling", "normalisation", "pca", "views", "finetune", "qe", "head", "loss", "sweep",
+)  # fmt: skip
+FACTOR_ORDER = LEARNING_FACTORS + POST_LEARNING_FACTORS
+PROVENANCE_KEYS = ("config_hash", "versions", "git_commit", "seed", "device", "created")
+
+_COLUMNS = (
+    "job_key", "source", "task", "factors", "metric", "value", "metrics", "standard",
+    "seconds", "extra", "config_hash", "versions", "git_commit", "seed", "device", "created",
+)  # fmt: skip
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS results (
+    job_key     TEXT PRIMARY KEY,
+    source      TEXT NOT NULL,
+    task        TEXT NOT NULL,
+    factors     TEXT NOT NULL,
+    metric      TEXT NOT NULL,
+    value       REAL,
+    metrics     TEXT NOT NULL,
+    standard    INTEGER NOT NULL,
+    seconds     TEXT NOT NULL,
+    extra       TEXT NOT NULL,
+    config_hash TEXT,
+    versions    TEXT,
+    git_commit  TEXT,
+    seed        INTEGER,
+    device      TEXT,
+    created     REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS results_task ON results (task);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+def _json_default(obj: Any) -> Any:
+    """NumPy scalars/arrays and paths become plain JSON values (no NumPy import needed)."""
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if hasattr(obj, "item"):
+        return obj.item()
+    if hasattr(obj, "__fspath__"):
+        return os.fspath(obj)
+    if isinstance(obj, (set, frozenset, tuple)):
+        return sorted(obj) if isinstance(obj, (set, frozenset)) else list(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON-able")
+
+
+def dumps(value: Any) -> str:
+    """Canonical JSON (sorted keys, no spaces); NaN is kept (Python's json reads it back)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=_json_default)
+
+
+def job_key_of(source: str, task: str, factors: dict[str, Any]) -> str:
+    """Stable hash of (source, task, factor values): equal inputs give equal keys in any run."""
+    text = dumps({"source": source, "task": task, "factors": factors})
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+@dataclass
+class ResultRow:
+    """One finished job: the primary metric plus everything needed to explain it."""
+
+    source: str
+    task: str
+    factors: dict[str, Any]
+    metric: str
+    value: float
+    metrics: dict[str, Any] = field(default_factory=dict)
+    standard: bool = False
+    seconds: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    job_key: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.job_key and isinstance(self.factors, dict):
+            try:
+                self.job_key = job_key_of(self.source, self.task, self.factors)
+            except TypeError:
+                pass  # add() reports the unserialisable value with the row's name
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ResultRow:
+        """Back from a ``ResultStore.rows()`` dict (provenance fields are dropped)."""
+        names = ("source", "task", "factors", "metric", "value", "metrics", "standard", "seconds", "extra", "job_key")
+        return cls(**{k: data[k] for k in names if k in data})
+
+
+def collect_provenance(config_hash: str, seed: int, device: str) -> dict[str, Any]:
+    """What produced a result: config hash, seed, device, package versions, git commit of cwd."""
+    from importlib import metadata
+
+    versions: dict[str, str | None] = {}
+    for key, dist in PROVENANCE_PACKAGES.items():
+        try:
+            versions[key] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[key] = None
+    if versions["transferlab"] is None:
+        import transferlab
+
+        versions["transferlab"] = transferlab.__version__
+    return {
+        "config_hash": config_hash,
+        "versions": versions,
+        "git_commit": _git_commit(),
+        "seed": seed,
+        "device": device,
+    }
+
+
+def _git_commit() -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=os.getcwd(), capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = done.stdout.strip()
+    return commit if done.returncode == 0 and len(commit) >= 7 else None
+
+
+def _finite_or_none(value: Any) -> Any:
+    """NaN/inf -> None, recursively, for strict JSON and CSV exports."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite_or_none(v) for v in value]
+    return value
+
+
+def _iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, tz=timezone.utc).isoformat(timespec="seconds")
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write a whole file so readers see the old or the new content, never half of it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (Linux), else the common 022."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
+class ResultStore:
+    """``RUN_DIR/results.sqlite``: results, study metadata, and the run directory's lock.
+
+    One instance per process (a forked child reconnects by itself). ``create=False`` opens an
+    existing store only, for readers such as ``transferlab results``.
+    """
+
+    def __init__(self, run_dir: str | Path, *, provenance: dict | None = None, create: bool = True):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / DB_NAME
+        self.provenance = dict(provenance or {})
+        if not create and not self.path.is_file():
+            raise TransferlabError(f"{self.run_dir}: no results here ({DB_NAME} missing); run `transferlab study` first")
+        if create:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._mutex = threading.RLock()
+        self._conn: sqlite3.Connection | None = None
+        self._pid = -1
+        self._connect()
+
+    # ------------------------------------------------------------------ connection
+    def _connect(self) -> sqlite3.Connection:
+        if self._conn is not None and self._pid == os.getpid():
+            return self._conn
+        try:
+            conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout = 60000")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise TransferlabError(f"{self.path}: cannot switch the database to WAL mode (got {mode})")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            self._conn, self._pid = conn, os.getpid()
+            with self._transaction() as cur:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        cur.execute(statement)
+                found = cur.execute("SELECT version FROM schema_version").fetchall()
+                if not found:
+                    cur.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+                elif found[0][0] > SCHEMA_VERSION:
+                    raise TransferlabError(
+                        f"{self.path}: written by a newer transferlab (schema {found[0][0]}, "
+                        f"this one reads {SCHEMA_VERSION}); upgrade transferlab"
+                    )
+        except sqlite3.DatabaseError as exc:
+            self._conn = None
+            raise TransferlabError(f"{self.path}: not a transferlab results database ({exc})") from exc
+        return conn
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Cursor]:
+        """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception: all or nothing."""
+        with self._mutex:
+            conn = self._conn if self._conn is not None and self._pid == os.getpid() else self._connect()
+            cur = conn.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                yield cur
+            except BaseException:
+                conn.rollback()
+                raise
+            else:
+                cur.execute("COMMIT")
+            finally:
+                cur.close()
+
+    def close(self) -> None:
+        with self._mutex:
+            if self._conn is not None and self._pid == os.getpid():
+                self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> ResultStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        with self._mutex:
+            return self._connect().execute(sql, params).fetchall()
+
+    # ------------------------------------------------------------------ results
+    def has(self, job_key: str) -> bool:
+        return bool(self._query("SELECT 1 FROM results WHERE job_key = ?", (job_key,)))
+
+    def done_keys(self) -> set[str]:
+        return {key for (key,) in self._query("SELECT job_key FROM results")}
+
+    def count(self) -> int:
+        """Number of results stored."""
+        return int(self._query("SELECT COUNT(*) FROM results")[0][0])
+
+    def add(self, row: ResultRow) -> None:
+        """Insert (or replace, by job_key) one result in its own transaction."""
+        self.add_many([row])
+
+    def add_many(self, rows: list[ResultRow]) -> None:
+        """Insert (or replace) several results in one transaction: all of them or none."""
+        created = time.time()
+        with self._transaction() as cur:
+            for number, row in enumerate(rows, 1):
+                cur.execute(
+                    f"INSERT OR REPLACE INTO results ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
+                    self._record(row, number, created),
+                )
+
+    def _record(self, row: ResultRow, number: int, created: float) -> tuple:
+        where = f"result row {number} ({getattr(row, 'source', '?')} on {getattr(row, 'task', '?')})"
+        if not isinstance(row, ResultRow):
+            raise TransferlabError(f"{where}: expected a ResultRow, got {type(row).__name__}")
+        for name in ("source", "task", "metric"):
+            if not isinstance(getattr(row, name), str) or not getattr(row, name):
+                raise TransferlabError(f"{where}: {name} must be a non-empty string")
+        for name in ("factors", "metrics", "seconds", "extra"):
+            if not isinstance(getattr(row, name), dict):
+                raise TransferlabError(f"{where}: {name} must be a dict, got {type(getattr(row, name)).__name__}")
+        try:
+            value = float(row.value)
+        except (TypeError, ValueError) as exc:
+            raise TransferlabError(f"{where}: value {row.value!r} is not a number") from exc
+        encoded = {}
+        for name in ("factors", "metrics", "seconds", "extra"):
+            try:
+                encoded[name] = dumps(getattr(row, name))
+            except (TypeError, ValueError) as exc:
+                raise TransferlabError(f"{where}: {name} are not JSON-able ({exc})") from exc
+        key = row.job_key or job_key_of(row.source, row.task, row.factors)
+        prov = self.provenance
+        seed = prov.get("seed")
+        return (
+            key, row.source, row.task, encoded["factors"], row.metric,
+            None if math.isnan(value) else value, encoded["metrics"], int(bool(row.standard)),
+            encoded["seconds"], encoded["extra"], prov.get("config_hash"),
+            dumps(prov["versions"]) if prov.get("versions") is not None else None,
+            prov.get("git_commit"), int(seed) if seed is not None else None, prov.get("device"), created,
+        )  # fmt: skip
+
+    def rows(self, task: str | None = None) -> list[dict[str, Any]]:
+        """Every result (of one task if given) as a dict: ResultRow fields plus provenance."""
+        sql = f"SELECT {', '.join(_COLUMNS)} FROM results"
+        params: tuple = ()
+        if task is not None:
+            sql += " WHERE task = ?"
+            params = (task,)
+        out = []
+        for record in self._query(sql + " ORDER BY created, rowid", params):
+            item = dict(zip(_COLUMNS, record, strict=True))
+            for name in ("factors", "metrics", "seconds", "extra"):
+                item[name] = json.loads(item[name])
+            item["versions"] = json.loads(item["versions"]) if item["versions"] is not None else None
+            item["value"] = float("nan") if item["value"] is None else float(item["value"])
+            item["standard"] = bool(item["standard"])
+            out.append(item)
+        return out
+
+    # ------------------------------------------------------------------ exports
+    def export_rows(self, task: str | None = None) -> list[dict[str, Any]]:
+        """``rows()`` with NaN as None and ``created`` as ISO 8601 UTC: strict JSON."""
+        out = []
+        for item in self.rows(task):
+            item = _finite_or_none(item)
+            item["created"] = _iso(item["created"])
+            out.append(item)
+        return out
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        """All results as a JSON list (written atomically to ``path`` if given)."""
+        text = json.dumps(self.export_rows(), indent=2, allow_nan=False) + "\n"
+        if path is not None:
+            write_text_atomic(path, text)
+        return text
+
+    def to_csv(self, path: str | Path | None = None) -> str:
+        """All results as CSV, one column per factor, timing and scalar metric.
+
+        Columns: job_key, source, task, every factor (``factor.<name>``), metric, value,
+        standard, scalar companion metrics (``metrics.<name>``), ``seconds.<step>``, scalar
+        ``extra.<name>``, then provenance. Lists (per-class values) stay in the JSON export.
+        """
+        rows = self.export_rows()
+        factor_names = ordered_factors(ordered_keys(r["factors"] for r in rows))
+        metric_names = ordered_keys({k: v for k, v in r["metrics"].items() if _scalar(v)} for r in rows)
+        second_names = ordered_keys(r["seconds"] for r in rows)
+        extra_names = ordered_keys({k: v for k, v in r["extra"].items() if _scalar(v)} for r in rows)
+        header = (
+            ["job_key", "source", "task"] + [f"factor.{n}" for n in factor_names] + ["metric", "value", "standard"]
+            + [f"metrics.{n}" for n in metric_names] + [f"seconds.{n}" for n in second_names]
+            + [f"extra.{n}" for n in extra_names] + list(PROVENANCE_KEYS)
+        )  # fmt: skip
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(header)
+        for r in rows:
+            writer.writerow(
+                [r["job_key"], r["source"], r["task"]]
+                + [_cell(r["factors"].get(n, "")) for n in factor_names]
+                + [r["metric"], _cell(r["value"]), int(r["standard"])]
+                + [_cell(r["metrics"].get(n, "")) for n in metric_names]
+                + [_cell(r["seconds"].get(n, "")) for n in second_names]
+                + [_cell(r["extra"].get(n, "")) for n in extra_names]
+                + [_cell(r[k]) for k in PROVENANCE_KEYS]
+            )  # fmt: skip
+        text = buffer.getvalue()
+        if path is not None:
+            write_text_atomic(path, text)
+        return text
+
+    # ------------------------------------------------------------------ metadata
+    def set_meta(self, key: str, value: Any) -> None:
+        """Store a JSON-able value under ``key`` (e.g. "config", "name", "tasks")."""
+        try:
+            text = dumps(value)
+        except (TypeError, ValueError) as exc:
+            raise TransferlabError(f"{self.path}: meta value for {key!r} is not JSON-able ({exc})") from exc
+        with self._transaction() as cur:
+            cur.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, text))
+
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        found = self._query("SELECT value FROM meta WHERE key = ?", (key,))
+        return json.loads(found[0][0]) if found else default
+
+    def meta(self) -> dict[str, Any]:
+        return {key: json.loads(text) for key, text in self._query("SELECT key, value FROM meta ORDER BY key")}
+
+    # ------------------------------------------------------------------ lock
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the run directory exclusively; a second study gets a clear error, not a race.
+
+        ``flock`` is released by the kernel when the holder dies, so a killed study never
+        leaves a stale lock; the pid in the file is only for the message.
+        """
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        lock_path = self.run_dir / LOCK_NAME
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+                raise TransferlabError(
+                    f"run directory {self.run_dir} is in use by another study (pid {holder}); "
+                    "wait for it to finish or use another run directory"
+                ) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            try:
+                yield
+            finally:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, 0)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+
+def ordered_factors(names: Any) -> list[str]:
+    """Factor names in FACTOR_ORDER, then the others alphabetically."""
+    names = set(names)
+    return [n for n in FACTOR_ORDER if n in names] + sorted(names - set(FACTOR_ORDER))
+
+
+def ordered_keys(dicts: Any) -> list[str]:
+    """Keys of several dicts in first-seen order."""
+    seen: dict[str, None] = {}
+    for d in dicts:
+        for key in d:
+            seen.setdefault(key, None)
+    return list(seen)
+
+
+def _scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True)
+    return value
