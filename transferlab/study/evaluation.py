@@ -101,7 +101,28 @@ def evaluate_probe_job(job: Job, task: TaskData, features: FeatureSource, probe:
     seconds = time.perf_counter() - start
     extra = {"C": float(model.C_), "n_train": int(len(X_train)), "n_test": int(len(X_test)),
              "dim": int(X_train.shape[1]), "layer_name": features.layer_name(setting.layer)}
+    if not multilabel and repeat == 1:
+        extra.update(transferability_scores(X_train, y_train))
     return _row(job, metric, metrics, seconds, extra)
+
+
+def transferability_scores(X: np.ndarray, y: np.ndarray) -> dict[str, float | None]:
+    """LogME and leave-one-out 1-NN accuracy of the training features, stored with each probe
+    row so the analysis can check how well they predict the probe (None when undefined)."""
+    import warnings
+
+    from transferlab.analysis.transferability import knn_accuracy, logme
+
+    out: dict[str, float | None] = {}
+    for name, fn in (("logme", lambda: logme(X, y)), ("knn1", lambda: knn_accuracy(X, y, k=1))):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                value = float(fn())
+            out[name] = value if np.isfinite(value) else None
+        except TransferlabError:
+            out[name] = None
+    return out
 
 
 def _all_class_scores(scores: np.ndarray, classes: np.ndarray, n_classes: int) -> np.ndarray:

@@ -41,12 +41,13 @@ class RunSummary:
 
 # --------------------------------------------------------- remote-safe work units
 def extract_pair(specs: list[tuple[str, str | None]], task: TaskData, layers: list, poolings: list[str],
-                 views: list[str], store_root: str | None, execution: dict) -> tuple[FeatureSource, int]:
-    """Forward every image of ``task`` once per source member and view; all layers/poolings."""
+                 views: list[str], store_root: str | None, execution: dict) -> tuple[FeatureSource, int, dict | None]:
+    """Forward every image of ``task`` once per source member and view; all layers/poolings.
+    Also measures the task's distance from the source by the source's own predictions."""
     from transferlab.sources import load_source
 
     store = FeatureStore(store_root) if store_root else FeatureStore()
-    members, forwarded = [], 0
+    members, forwarded, distance = [], 0, None
     for spec, weights in specs:
         source = load_source(spec, weights)
         layer_specs = [layer for layer in layers if _layer_exists(source, layer)]
@@ -55,7 +56,32 @@ def extract_pair(specs: list[tuple[str, str | None]], task: TaskData, layers: li
                              on_bad_image=execution["on_bad_image"], progress=execution.get("progress", True))
         forwarded += sum(s.forwarded_images for s in feats.splits.values())
         members.append(feats)
-    return FeatureSource(members), forwarded
+        if distance is None and len(specs) == 1:
+            distance = source_prediction(source, feats)
+    return FeatureSource(members), forwarded, distance
+
+
+def source_prediction(source, feats) -> dict | None:
+    """Source-classifier distance of the task (analysis.distance.source_prediction_distance),
+    from the top layer's average-pooled features already extracted: the head of timm and
+    torchvision ConvNets is global average pooling then linear layers, so no new forward."""
+    import numpy as np
+    import torch
+
+    from transferlab.analysis.distance import source_prediction_distance
+
+    top = next((layer for layer in feats.layers if layer.index == -1), None)
+    if top is None or "avg" not in feats.poolings or source.forward_head is None or source.num_classes < 2:
+        return None
+    split = "test" if "test" in feats.splits else next(iter(feats.splits))
+    pooled = torch.from_numpy(np.array(feats.splits[split].get(top, "avg"), dtype=np.float32))
+    if top.spatial:
+        pooled = pooled[:, :, None, None]
+    with torch.inference_mode():
+        logits = source.forward_head(source.model.cpu(), pooled)
+    probs = torch.softmax(logits.float(), dim=1).numpy().astype(np.float64)
+    result = source_prediction_distance(probs)
+    return {"source": source.name, "split": split, **{k: float(v) for k, v in result.items()}}
 
 
 def _layer_exists(source, layer) -> bool:
@@ -109,6 +135,11 @@ def run_study(config: StudyConfig, run_dir: str | Path, *, executor: str = "loca
         results.set_meta("tasks", task_meta(plan))
         results.set_meta("sources", list(plan.sources))
         results.set_meta("standard", settings_for(config, False)[0][0].as_dict())
+        results.set_meta("distance", config.distance)
+        distances = results.get_meta("distances", {}) or {}
+        for name, spec in plan.specs.items():
+            distances.setdefault(name, {})["paper"] = spec.distance
+        results.set_meta("distances", distances)
         done = results.done_keys()
         pool = make_executor(executor, address)
         execution = {**config.execution.model_dump(), "progress": progress}
@@ -145,10 +176,16 @@ def _run_pair(plan: Plan, pool, results: ResultStore, summary: RunSummary, sourc
     def ensure_features() -> FeatureSource:
         nonlocal features
         if features is None:
-            features, forwarded = pool.run_extraction(
+            features, forwarded, distance = pool.run_extraction(
                 extract_pair, _source_specs(plan, source_name), task, plan.layers, plan.poolings,
                 plan.views, cache, execution)
             summary.forwarded_images += forwarded
+            if distance is not None and source_name == next(iter(plan.sources)):
+                distances = results.get_meta("distances", {}) or {}
+                distances.setdefault(task_name, {"paper": plan.specs[task_name].distance})
+                distances[task_name]["source_prediction"] = distance["distance"]
+                distances[task_name]["source_prediction_detail"] = distance
+                results.set_meta("distances", distances)
         return features
 
     whiten = None
@@ -212,8 +249,8 @@ def _whitening_features(plan: Plan, pool, source_name: str, cache, execution):
     """Database features of the held-out task named by ``retrieval.whiten_on`` (e.g. Paris
     for Oxford); the whitening of each job is fit on them with the job's layer/pooling."""
     held_out = plan.config.retrieval.whiten_on
-    feats, _ = pool.run_extraction(extract_pair, _source_specs(plan, source_name), plan.tasks[held_out],
-                                   plan.layers, plan.poolings, ["orig"], cache, execution)
+    feats, _, _ = pool.run_extraction(extract_pair, _source_specs(plan, source_name), plan.tasks[held_out],
+                                      plan.layers, plan.poolings, ["orig"], cache, execution)
     return feats
 
 
@@ -236,8 +273,8 @@ def _finetuned_features(plan: Plan, pool, results: ResultStore, source_name: str
         finetune(source, [plan.tasks[task_name]], out, blocks=ft.blocks, epochs=ft.epochs, lr=ft.lr,
                  optimizer=ft.optimizer, batch_size=ft.batch_size, device=execution["device"],
                  seed=execution["seed"], progress=execution.get("progress", True))
-    feats, _ = pool.run_extraction(extract_pair, [(f"finetuned:{out}", None)], plan.tasks[task_name],
-                                   plan.layers, plan.poolings, plan.views, cache, execution)
+    feats, _, _ = pool.run_extraction(extract_pair, [(f"finetuned:{out}", None)], plan.tasks[task_name],
+                                      plan.layers, plan.poolings, plan.views, cache, execution)
     return feats
 
 
