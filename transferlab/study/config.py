@@ -56,7 +56,16 @@ class TrainEntry(_Strict):
     classes: int | None = None
     images_per_class: int | None = None
     seed: int = 0
-    options: dict[str, Any] = Field(default_factory=dict)
+    options: dict[str, Any] = Field(default_factory=dict)  # root: DIR for a benchmark, quick: true
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainEntry:
+        if self.epochs < 1:
+            raise ValueError("epochs must be >= 1")
+        unknown = set(self.options) - {"root", "quick"}
+        if unknown:
+            raise ValueError(f"unknown train option {sorted(unknown)[0]!r} (use root, quick)")
+        return self
 
 
 class ProbeConfig(_Strict):

@@ -60,6 +60,7 @@ class Job:
     kind: str  # "probe" or "retrieval"
     standard: bool = False
     optimal: bool = False
+    learning: tuple[tuple[str, Any], ...] = ()  # learning factors of a trained source
 
     @property
     def key(self) -> str:
@@ -71,6 +72,7 @@ class Job:
         if self.kind == "probe":
             values.pop("qe")
         values["sweep"] = "optimal" if self.optimal else "sweep"
+        values.update(dict(self.learning))
         return values
 
 
@@ -85,6 +87,8 @@ class Plan:
     poolings: list[str]
     views: list[str]
     notes: list[str] = field(default_factory=list)
+    learning: dict[str, dict[str, Any]] = field(default_factory=dict)  # source -> learning factors
+    to_train: int = 0  # train: networks not yet in the cache
 
     def jobs_for(self, source: str, task: str) -> list[Job]:
         return [j for j in self.jobs if j.source == source and j.task == task]
@@ -105,6 +109,7 @@ class Plan:
         finetuned = {(j.source, j.task) for j in pending if j.setting.finetune == "on"}
         n_views = len(self.views)
         forwards = 0
+        estimate_train = self.to_train * 60
         for source, task in pending_pairs:
             members = concat_members(self.sources[source].spec) or [source]
             forwards += len(members) * self.images_per_task(task) * n_views
@@ -113,7 +118,7 @@ class Plan:
         probe_fits = sum(1 for j in pending if j.kind == "probe" and not j.optimal)
         retrievals = sum(1 for j in pending if j.kind == "retrieval" and not j.optimal)
         optimal = sum(1 for j in pending if j.optimal)
-        estimate = forwards * 0.03 + probe_fits * 0.5 + retrievals * 0.2 + len(finetuned) * 60
+        estimate = forwards * 0.03 + probe_fits * 0.5 + retrievals * 0.2 + len(finetuned) * 60 + estimate_train
         return {
             "sources": list(self.sources),
             "tasks": list(self.tasks),
@@ -123,6 +128,7 @@ class Plan:
             "retrieval_evaluations": retrievals,
             "optimal_jobs": optimal,
             "finetune_runs": len(finetuned),
+            "networks_to_train": self.to_train,
             "jobs_total": len(self.jobs),
             "jobs_done": len(self.jobs) - len(pending),
             "estimated_seconds_cpu": round(estimate, 1),
@@ -159,6 +165,10 @@ def settings_for(config: StudyConfig, retrieval: bool) -> list[tuple[Setting, bo
 
 
 def make_plan(config: StudyConfig, check_layers: bool = True) -> Plan:
+    """Validate everything and expand the jobs. Sources of ``train:`` entries that are not
+    trained yet are planned without being loaded (their layers are checked after training)."""
+    from transferlab.study.learning import is_trained, trained_entries
+
     problems: list[str] = []
     notes: list[str] = []
     tasks: dict[str, TaskData] = {}
@@ -186,7 +196,15 @@ def make_plan(config: StudyConfig, check_layers: bool = True) -> Plan:
 
     sources = {}
     usable: dict[str, dict[str, bool]] = {}  # source -> layer spec -> spatial?
-    for entry in config.sources:
+    learning: dict[str, dict[str, Any]] = {}
+    untrained = [t for t in config.train if not is_trained(t)]
+    trained = trained_entries(config)
+    for entry, factors, train_entry in trained:
+        learning[entry.name] = factors
+        if train_entry in untrained:
+            sources[entry.name] = entry
+            usable[entry.name] = {str(layer): True for layer in config.factors.layers}
+    for entry in [*config.sources, *(e for e, _, t in trained if t not in untrained)]:
         if entry.name in sources:
             problems.append(f"sources: {entry.name} is listed twice")
             continue
@@ -208,22 +226,32 @@ def make_plan(config: StudyConfig, check_layers: bool = True) -> Plan:
             if task_name not in tasks:
                 continue
             retrieval = spec.kind == "retrieval"
-            standard_source = source_name == next(iter(sources))
-            for setting, is_standard in settings_for(config, retrieval):
+            standard_source = source_name == (config.sources[0].name if config.sources else None)
+            settings = settings_for(config, retrieval)
+            if source_name in learning:  # learning-factor sources: the standard setting and the layers
+                std = settings[0][0]
+                settings = [(s, st) for s, st in settings if s == std or replace(std, layer=s.layer) == s]
+            for setting, is_standard in settings:
                 if setting.pooling == "windows" and not retrieval:
                     continue
                 spatial = usable[source_name].get(str(setting.layer))
                 if check_layers and (spatial is None or (not spatial and setting.pooling not in ("avg", "max"))):
                     continue  # layer absent from this source, or a vector layer with spatial pooling
                 jobs.append(Job(source_name, task_name, setting, "retrieval" if retrieval else "probe",
-                                standard=is_standard and standard_source))
+                                standard=is_standard and standard_source and source_name not in learning,
+                                learning=tuple(sorted(learning.get(source_name, {}).items()))))
     if "windows" in config.factors.pooling:
         notes.append("pooling 'windows' (spatial search) is evaluated on retrieval tasks only")
     if problems:
         raise TransferlabError("the study cannot start:\n  " + "\n  ".join(problems))
     views = ["orig", "flip"] if "orig+flip" in config.factors.views else ["orig"]
+    if untrained:
+        notes.append(f"{len(untrained)} source network(s) of train: will be trained first")
+    # the first listed source is the standard one, trained sources come after the others
+    order = [e.name for e in config.sources] + [e.name for e, _, _ in trained]
+    sources = {name: sources[name] for name in order if name in sources}
     return Plan(config, sources, tasks, specs, jobs, list(config.factors.layers),
-                list(config.factors.pooling), views, notes)
+                list(config.factors.pooling), views, notes, learning, len(untrained))
 
 
 def _check_source(entry: SourceEntry, config: StudyConfig, check_layers: bool) -> tuple[dict[str, bool], list[str]]:

@@ -126,6 +126,11 @@ def run_study(config: StudyConfig, run_dir: str | Path, *, executor: str = "loca
     run_dir = Path(run_dir)
     started = time.perf_counter()
     plan = make_plan(config)
+    if plan.to_train:
+        from transferlab.study.learning import train_all
+
+        train_all(config, config.execution.device, progress)
+        plan = make_plan(config)  # now the trained sources load and their layers are checked
     provenance = collect_provenance(config.config_hash(), config.execution.seed, config.execution.device)
     results = ResultStore(run_dir, provenance=provenance)
     summary = RunSummary(run_dir)
