@@ -221,3 +221,19 @@ def test_killed_study_resumes_without_losing_results(tmp_path):
     assert resumed.skipped >= len(kept) - 1  # the optimal row is computed after the sweep
     assert resumed.forwarded_images == 0  # the killed run had finished the forward pass
     assert len([r for r in rows if r["factors"]["sweep"] == "sweep"]) == 1 + 2 + 1 + 3
+
+
+def test_finetune_factor_trains_once_and_extracts_the_tuned_network(tmp_path):
+    config = tiny_config(tasks=["digits"], factors={"layers": [-1], "pooling": ["avg"], "finetune": ["off", "on"]},
+                         finetune={"epochs": 1, "input_size": 64, "batch_size": 16})
+    summary = run_study(parse_config(config), tmp_path / "run", progress=False)
+    assert summary.failures == []
+    rows = ResultStore(tmp_path / "run").rows()
+    tuned = [r for r in rows if r["factors"]["finetune"] == "on"]
+    assert len(tuned) == 1
+    folder = tmp_path / "run" / "finetuned"
+    assert len(list(folder.glob("*/source.json"))) == 1
+    from transferlab.sources import load_source
+
+    (path,) = folder.iterdir()
+    assert load_source(f"finetuned:{path}").preprocessing.input_size == 64

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -273,11 +273,9 @@ def _finetuned_features(plan: Plan, pool, results: ResultStore, source_name: str
     ft = plan.config.finetune
     if not (out / "source.json").exists():
         source = load_source(entry.spec, entry.weights)
-        if ft.input_size:
-            source.preprocessing = replace(source.preprocessing, input_size=ft.input_size)
         finetune(source, [plan.tasks[task_name]], out, blocks=ft.blocks, epochs=ft.epochs, lr=ft.lr,
-                 optimizer=ft.optimizer, batch_size=ft.batch_size, device=execution["device"],
-                 seed=execution["seed"], progress=execution.get("progress", True))
+                 optimizer=ft.optimizer, batch_size=ft.batch_size, input_size=ft.input_size,
+                 device=execution["device"], seed=execution["seed"], progress=execution.get("progress", True))
     feats, _, _ = pool.run_extraction(extract_pair, [(f"finetuned:{out}", None)], plan.tasks[task_name],
                                       plan.layers, plan.poolings, plan.views, cache, execution)
     return feats
