@@ -1,0 +1,299 @@
+"""Model and layer selection: rank (source, layer, pooling) candidates by a transferability
+score, then confirm the top few with real linear probes.
+
+The expensive part of a probe sweep is not the forward pass (one per source covers every
+layer and pooling) but the probes: one C search per candidate. A transferability score
+(LogME, leave-one-out 1-NN accuracy, H-score) on the training features costs a fraction of
+that, so ``select`` scores every candidate and probes only the best ``confirm`` of them
+(``full=True`` probes all, to measure how well the score agrees with the probe).
+
+Protocol: features of the task's train split (flip views not used), L2-normalised, labels as
+the task stores them (multi-label tasks: LogME and H-score average over label columns; 1-NN
+needs single labels). Probes are exactly the study's (``evaluate_probe_job`` with the
+standard post-processing, L2, and C chosen on val), scored with the task's own metric.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from transferlab.data.base import TaskData
+from transferlab.errors import TransferlabError
+from transferlab.features.export import TaskFeatures
+from transferlab.study.config import ProbeConfig
+
+SCORE_NAMES: dict[str, str] = {"logme": "LogME", "knn": "1-NN accuracy (leave-one-out)", "hscore": "H-score"}
+
+
+def _score_function(name: str) -> Callable[[np.ndarray, np.ndarray], float]:
+    from transferlab.analysis.transferability import hscore, knn_accuracy, logme
+
+    functions: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
+        "logme": logme,
+        "knn": lambda x, y: knn_accuracy(x, y, k=1),
+        "hscore": hscore,
+    }
+    if name not in functions:
+        raise TransferlabError(f"unknown score {name!r}; choose from {', '.join(functions)}")
+    return functions[name]
+
+
+@dataclass
+class Candidate:
+    """One representation: a layer of a source, pooled one way."""
+
+    source: str
+    layer: int | str  # from the top (-1, -2, ...) when known, else the module name
+    layer_name: str
+    pooling: str
+    dim: int = 0
+    score: float = math.nan
+    score_seconds: float = 0.0
+    probe: float | None = None  # the task's metric on test, when probed
+    probe_seconds: float | None = None
+    C: float | None = None
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.source, self.layer_name, self.pooling)
+
+
+@dataclass
+class Selection:
+    """Candidates ranked by score (best first, NaN last) and the probes that confirmed them."""
+
+    task: str
+    metric: str
+    score: str
+    candidates: list[Candidate]
+    seconds: dict[str, float]
+    forwarded_images: int
+    full: bool
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def probed(self) -> list[Candidate]:
+        return [c for c in self.candidates if c.probe is not None]
+
+    @property
+    def best(self) -> Candidate | None:
+        """The probed candidate with the best measured metric (the recommendation)."""
+        probed = [c for c in self.probed if math.isfinite(c.probe)]
+        return max(probed, key=lambda c: c.probe) if probed else None
+
+    def agreement(self) -> dict[str, Any] | None:
+        """Score vs probe over the probed candidates (meaningful with ``full``)."""
+        return agreement([c.score for c in self.probed], [c.probe for c in self.probed])
+
+    def to_dict(self) -> dict[str, Any]:
+        probed = self.probed
+        per_probe = self.seconds.get("probe", 0.0) / len(probed) if probed else None
+        return {
+            "task": self.task, "metric": self.metric, "score": self.score, "full": self.full,
+            "candidates": [{"rank": i + 1, **asdict(c)} for i, c in enumerate(self.candidates)],
+            "best": asdict(self.best) if self.best else None,
+            "seconds": self.seconds,
+            "estimated_full_probe_seconds": None if per_probe is None else per_probe * len(self.candidates),
+            "forwarded_images": self.forwarded_images,
+            "agreement": self.agreement(),
+            "notes": self.notes,
+        }  # fmt: skip
+
+
+# --------------------------------------------------------------------------- agreement
+
+
+def agreement(scores: Sequence[float], values: Sequence[float]) -> dict[str, Any] | None:
+    """How well ranking by ``scores`` reproduces ranking by ``values`` (higher = better for both).
+
+    - ``spearman``, ``p_value``: rank correlation over the pairs with a finite score (NaN with
+      fewer than 3 pairs or no variation, with ``status`` saying so).
+    - ``top1_hit``: the best-scored candidate reaches the best value (ties count as hits).
+    - ``top3_overlap``: how many of the 3 best-scored candidates are among the 3 best by value
+      (a candidate tied with the 3rd best value counts as among them); ``top_k`` = 3, or fewer
+      when there are fewer candidates.
+    - ``confirmed_best``: the best value among the 3 best-scored candidates, what ``select
+      --confirm 3`` recommends; ``regret`` = the best value overall minus that.
+    """
+    pairs = [(float(s), float(v)) for s, v in zip(scores, values, strict=True) if math.isfinite(s) and math.isfinite(v)]
+    if len(pairs) < 2:
+        return None
+    from transferlab.analysis.factors import spearman
+
+    s = np.array([p[0] for p in pairs])
+    v = np.array([p[1] for p in pairs])
+    corr = spearman(s, v, unit="candidates", n_boot=1000)
+    k = min(3, len(pairs))
+    by_score = np.argsort(-s, kind="stable")[:k]
+    threshold = np.sort(v)[::-1][k - 1]
+    return {
+        "candidates": len(pairs), "spearman": corr.rho, "p_value": corr.p_value, "low": corr.low,
+        "high": corr.high, "status": corr.status, "note": corr.note,
+        "top1_hit": bool(v[by_score[0]] == v.max()), "top3_overlap": int(np.sum(v[by_score] >= threshold)),
+        "top_k": k, "confirmed_best": float(v[by_score].max()), "regret": float(v.max() - v[by_score].max()),
+    }  # fmt: skip
+
+
+# --------------------------------------------------------------------------- stages
+
+
+def extract_sources(
+    task: TaskData, sources: Sequence[str], layers: Sequence[int | str], poolings: Sequence[str], *,
+    weights: str | None = None, store=None, device: str = "auto", batch_size: int = 32,
+    num_workers: int | None = None, on_bad_image: str = "error", progress: bool = False,
+) -> tuple[dict[str, TaskFeatures], int, list[str]]:
+    """One forward pass per source over every split (all layers and poolings at once), cached
+    in the FeatureStore. Layers a source lacks are skipped for it, with a note."""
+    from transferlab.features.export import extract_task
+    from transferlab.sources import load_source
+
+    out: dict[str, TaskFeatures] = {}
+    forwarded, notes = 0, []
+    for spec in sources:
+        source = load_source(spec, weights)
+        usable = []
+        for layer in layers:
+            try:
+                source.resolve_layers([layer])
+            except TransferlabError:
+                notes.append(f"source {spec} has no layer {layer}: skipped for it")
+                continue
+            usable.append(layer)
+        if not usable:
+            raise TransferlabError(
+                f"source {spec} has none of the layers {', '.join(map(str, layers))} "
+                f"(it has {', '.join(str(layer.index) for layer in source.layers)})")
+        features = extract_task(source, task, usable, poolings, ["orig"], store=store, device=device,
+                                batch_size=batch_size, num_workers=num_workers, on_bad_image=on_bad_image,
+                                progress=progress)
+        forwarded += sum(split.forwarded_images for split in features.splits.values())
+        out[spec] = features
+    return out, forwarded, notes
+
+
+def candidates_of(features: dict[str, TaskFeatures], poolings: Sequence[str]) -> tuple[list[Candidate], list[str]]:
+    """Every (source, layer, pooling) that exists: spatial poolings only on spatial layers."""
+    out, notes = [], []
+    for source, feats in features.items():
+        pairs = feats.pairs()
+        for layer in feats.layers:
+            skipped = [p for p in poolings if (layer, p) not in pairs]
+            if skipped:
+                notes.append(f"{source} layer {layer.name} is a vector: pooling {', '.join(skipped)} skipped")
+        for layer, pooling in pairs:
+            label: int | str = layer.index if layer.index < 0 else layer.name
+            out.append(Candidate(source, label, layer.name, pooling))
+    if not out:
+        raise TransferlabError("no (source, layer, pooling) candidate to rank")
+    return out, notes
+
+
+def train_arrays(task: TaskData, features: TaskFeatures, candidate: Candidate) -> tuple[np.ndarray, np.ndarray]:
+    """L2-normalised train features of one candidate and the labels of the images kept."""
+    from transferlab.features.postprocess import L2Normalize
+    from transferlab.study.evaluation import FeatureSource
+
+    source = FeatureSource([features])
+    x = source.split("train", candidate.layer_name, candidate.pooling).reshape(len(source.kept("train")), -1)
+    y = task.splits["train"].labels[source.kept("train")]
+    return L2Normalize().transform(np.asarray(x, dtype=np.float64)), y
+
+
+def score_features(x: np.ndarray, y: np.ndarray, score: str) -> tuple[float, list[str]]:
+    """One score on one candidate's features: (value, warnings). Undefined input (one class,
+    fewer images than classes) raises TransferlabError; features with no variance give NaN
+    and a warning, so one dead layer does not stop the ranking."""
+    from transferlab.analysis.transferability import TransferabilityWarning
+
+    function = _score_function(score)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", TransferabilityWarning)
+        value = float(function(x, y))
+    return value, [str(w.message) for w in caught if issubclass(w.category, TransferabilityWarning)]
+
+
+def score_candidates(task: TaskData, features: dict[str, TaskFeatures], candidates: list[Candidate],
+                     score: str) -> list[str]:
+    """Fill ``score`` of every candidate (NaN with a note when the features have no variance)."""
+    notes = []
+    for c in candidates:
+        x, y = train_arrays(task, features[c.source], c)
+        c.dim = int(x.shape[1])
+        start = time.perf_counter()
+        try:
+            c.score, caught = score_features(x, y, score)
+        except TransferlabError as exc:
+            raise TransferlabError(f"task {task.name}, {c.source} layer {c.layer_name} {c.pooling}: {exc}") from None
+        c.score_seconds = time.perf_counter() - start
+        notes.extend(f"{c.source} layer {c.layer_name} {c.pooling}: {message}" for message in caught)
+    return notes
+
+
+def rank(candidates: list[Candidate]) -> list[Candidate]:
+    """Best score first; NaN scores last (in their original order)."""
+    return sorted(candidates, key=lambda c: (not math.isfinite(c.score), -c.score if math.isfinite(c.score) else 0))
+
+
+def probe_candidates(task: TaskData, metric: str, features: dict[str, TaskFeatures], candidates: list[Candidate],
+                     probe: ProbeConfig | None = None, seed: int = 0) -> None:
+    """A real probe per candidate (the study's protocol); fills ``probe``, ``probe_seconds``, ``C``."""
+    from transferlab.study.evaluation import FeatureSource, evaluate_probe_job
+    from transferlab.study.plan import Job, Setting
+
+    probe = probe or ProbeConfig()
+    for c in candidates:
+        start = time.perf_counter()
+        job = Job(c.source, task.name, Setting(layer=c.layer_name, pooling=c.pooling), "probe")
+        row = evaluate_probe_job(job, task, FeatureSource([features[c.source]]), probe, metric, seed)
+        c.probe, c.C = float(row.value), float(row.extra["C"])
+        c.probe_seconds = time.perf_counter() - start
+
+
+# --------------------------------------------------------------------------- all together
+
+
+def select(
+    task: TaskData, metric: str, sources: Sequence[str], layers: Sequence[int | str] = (-1, -2, -3, -4),
+    poolings: Sequence[str] = ("avg", "max", "grid2"), *, score: str = "logme", confirm: int = 3,
+    full: bool = False, probe: ProbeConfig | None = None, seed: int = 0, **extraction: Any,
+) -> Selection:
+    """Extract, score every candidate, rank, probe the top ``confirm`` (or all with ``full``).
+
+    ``extraction``: keyword arguments of ``extract_sources`` (weights, store, device, ...).
+    """
+    if task.kind == "retrieval":
+        raise TransferlabError(
+            f"task {task.name} is a retrieval task: select ranks representations for a linear probe "
+            f"on labelled images; compare retrieval settings with `transferlab retrieve`")
+    if "train" not in task.splits:
+        raise TransferlabError(f"task {task.name} has no train split to score")
+    if not sources:
+        raise TransferlabError("give at least one source")
+    if "windows" in poolings:
+        raise TransferlabError("pooling 'windows' is the retrieval spatial search (one vector per sub-window), "
+                               "not a single representation a probe or a score can use")
+    if confirm < 0:
+        raise TransferlabError(f"confirm must be >= 0; got {confirm}")
+    _score_function(score)  # unknown names fail before any forward pass
+    seconds: dict[str, float] = {}
+    start = time.perf_counter()
+    features, forwarded, notes = extract_sources(task, sources, layers, poolings, **extraction)
+    seconds["extract"] = time.perf_counter() - start
+    candidates, more = candidates_of(features, poolings)
+    notes.extend(more)
+    start = time.perf_counter()
+    notes.extend(score_candidates(task, features, candidates, score))
+    seconds["score"] = time.perf_counter() - start
+    ranked = rank(candidates)
+    chosen = ranked if full else ranked[:confirm]
+    start = time.perf_counter()
+    probe_candidates(task, metric, features, chosen, probe, seed)
+    seconds["probe"] = time.perf_counter() - start
+    return Selection(task.name, metric, score, ranked, seconds, forwarded, full, notes)
