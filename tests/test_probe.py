@@ -1,0 +1,261 @@
+"""LinearProbe against scikit-learn on real features (digits pixels and a ReLU projection)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+from sklearn.linear_model import LogisticRegression
+from sklearn.multiclass import OneVsRestClassifier
+from sklearn.svm import LinearSVC
+from threadpoolctl import threadpool_limits
+
+from transferlab.errors import TransferlabError
+from transferlab.heads.probe import LinearProbe
+from transferlab.metrics import average_precision
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_threaded_blas():
+    """The scikit-learn references are small: BLAS threads only add waiting on shared cores."""
+    with threadpool_limits(limits=1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """Real 8x8 digit images (64 pixel features in [0, 1]), split train / val / test."""
+    X, y = load_digits(return_X_y=True)
+    X = (X / 16.0).astype(np.float32)
+    order = np.random.default_rng(0).permutation(len(X))
+    tr, va, te = order[:900], order[900:1300], order[1300:]
+    return X[tr], y[tr], X[va], y[va], X[te], y[te]
+
+
+@pytest.fixture(scope="module")
+def relu_digits(digits):
+    """~500-dim features: ReLU of a fixed random projection of the digit pixels."""
+    projection = np.random.default_rng(1).standard_normal((64, 512)).astype(np.float32) / 8.0
+    return tuple(np.maximum(part @ projection, 0) if part.ndim == 2 else part for part in digits)
+
+
+def svm_objective(W, b, X, Y, C, weights=None):
+    """LinearSVC's primal per class: 0.5 ||[w, b]||^2 + C sum s_i max(0, 1 - y_i f(x_i))^2."""
+    X = X.astype(np.float64)
+    margins = np.maximum(0.0, 1.0 - Y * (X @ np.asarray(W, np.float64).T + b))
+    s = np.ones_like(Y) if weights is None else weights
+    return 0.5 * (np.asarray(W, np.float64) ** 2).sum(1) + 0.5 * np.asarray(b, np.float64) ** 2 + C * (s * margins**2).sum(0)
+
+
+def one_vs_rest(y, classes):
+    return np.where(y[:, None] == classes[None, :], 1.0, -1.0)
+
+
+@pytest.mark.parametrize("C", [0.1, 10.0])
+def test_squared_hinge_matches_linearsvc_on_pixels(digits, C):
+    Xtr, ytr, _, _, Xte, yte = digits
+    probe = LinearProbe(Cs=[C], device="cpu").fit(Xtr, ytr)
+    ref = LinearSVC(C=C, tol=1e-6, max_iter=50000).fit(Xtr, ytr)
+    assert abs(probe.score(Xte, yte) - ref.score(Xte, yte)) <= 0.005
+    Y = one_vs_rest(ytr, probe.classes_)
+    ours = svm_objective(probe.coef_, probe.intercept_, Xtr, Y, C)
+    theirs = svm_objective(ref.coef_, ref.intercept_, Xtr, Y, C)
+    # Same objective, same minimiser: ours is never meaningfully above LinearSVC's.
+    assert np.all(ours <= theirs * (1 + 1e-4) + 1e-6)
+    np.testing.assert_allclose(probe.coef_, ref.coef_, atol=0.02 * np.abs(ref.coef_).max())
+
+
+def test_squared_hinge_matches_linearsvc_on_relu_features(relu_digits):
+    Xtr, ytr, _, _, Xte, yte = relu_digits
+    C = 1.0
+    probe = LinearProbe(Cs=[C], device="cpu").fit(Xtr, ytr)
+    ref = LinearSVC(C=C, tol=1e-6, max_iter=50000).fit(Xtr, ytr)
+    assert abs(probe.score(Xte, yte) - ref.score(Xte, yte)) <= 0.005
+    Y = one_vs_rest(ytr, probe.classes_)
+    ours = svm_objective(probe.coef_, probe.intercept_, Xtr, Y, C)
+    theirs = svm_objective(ref.coef_, ref.intercept_, Xtr, Y, C)
+    assert np.all(ours <= theirs * (1 + 1e-4))
+
+
+def test_fewer_samples_than_features_uses_plain_solver_and_matches(relu_digits):
+    """n < d: no eigen-rotation; the plain preconditioned path must be exact too."""
+    Xtr, ytr, _, _, Xte, yte = relu_digits
+    X, y = Xtr[:300], ytr[:300]
+    probe = LinearProbe(Cs=[0.5], device="cpu").fit(X, y)
+    ref = LinearSVC(C=0.5, tol=1e-6, max_iter=50000).fit(X, y)
+    assert abs(probe.score(Xte, yte) - ref.score(Xte, yte)) <= 0.005
+    Y = one_vs_rest(y, probe.classes_)
+    ours = svm_objective(probe.coef_, probe.intercept_, X, Y, 0.5)
+    theirs = svm_objective(ref.coef_, ref.intercept_, X, Y, 0.5)
+    assert np.all(ours <= theirs * (1 + 1e-4))
+
+
+def logistic_objective(W, b, X, Y, C):
+    """LogisticRegression's primal per class: 0.5 ||w||^2 + C sum log(1 + exp(-y_i f(x_i)))."""
+    W = np.asarray(W, np.float64)
+    z = Y * (X.astype(np.float64) @ W.T + b)
+    return 0.5 * (W**2).sum(1) + C * np.logaddexp(0.0, -z).sum(0)
+
+
+@pytest.mark.parametrize(("features", "C"), [("digits", 1.0), ("relu_digits", 0.1)])
+def test_logistic_matches_one_vs_rest_logistic_regression(features, C, request):
+    Xtr, ytr, _, _, Xte, yte = request.getfixturevalue(features)
+    probe = LinearProbe(loss="logistic", Cs=[C], device="cpu").fit(Xtr, ytr)
+    ref = OneVsRestClassifier(LogisticRegression(C=C, tol=1e-6, max_iter=10000)).fit(Xtr, ytr)
+    assert abs(probe.score(Xte, yte) - ref.score(Xte, yte)) <= 0.005
+    W = np.stack([est.coef_[0] for est in ref.estimators_])
+    b = np.array([est.intercept_[0] for est in ref.estimators_])
+    np.testing.assert_allclose(probe.coef_, W, atol=5e-3 * np.abs(W).max())
+    Y = one_vs_rest(ytr, probe.classes_)
+    ours = logistic_objective(probe.coef_, probe.intercept_, Xtr, Y, C)
+    theirs = logistic_objective(W, b, Xtr, Y, C)
+    assert np.all(ours <= theirs * (1 + 1e-5))
+
+
+def test_binary_problem_matches_linearsvc(digits):
+    Xtr, ytr, _, _, Xte, yte = digits
+    keep_tr, keep_te = np.isin(ytr, (3, 8)), np.isin(yte, (3, 8))
+    probe = LinearProbe(Cs=[1.0], device="cpu").fit(Xtr[keep_tr], ytr[keep_tr])
+    ref = LinearSVC(C=1.0, tol=1e-6, max_iter=50000).fit(Xtr[keep_tr], ytr[keep_tr])
+    np.testing.assert_array_equal(probe.predict(Xte[keep_te]), ref.predict(Xte[keep_te]))
+    # The two one-vs-rest heads of a binary problem are exact negatives of each other.
+    np.testing.assert_allclose(probe.coef_[0], -probe.coef_[1], atol=1e-4)
+    np.testing.assert_allclose(probe.coef_[1], ref.coef_[0], atol=0.02 * np.abs(ref.coef_).max())
+
+
+def multilabel_from_digits(y, rng):
+    """Three overlapping labels per digit image, with some entries marked difficult (0)."""
+    Y = np.stack([np.where(y % 2 == 0, 1, -1), np.where(y < 5, 1, -1), np.where(np.isin(y, (1, 4, 7)), 1, -1)], 1)
+    difficult = rng.random(Y.shape) < 0.1
+    return np.where(difficult, 0, Y).astype(np.int8)
+
+
+def test_multilabel_ignores_difficult_and_matches_per_label_linearsvc(digits):
+    Xtr, ytr, _, _, Xte, yte = digits
+    rng = np.random.default_rng(3)
+    Ytr, Yte = multilabel_from_digits(ytr, rng), multilabel_from_digits(yte, rng)
+    C = 0.5
+    probe = LinearProbe(Cs=[C], multilabel=True, device="cpu").fit(Xtr, Ytr)
+    scores = probe.decision_function(Xte)
+    for k in range(Ytr.shape[1]):
+        rows = Ytr[:, k] != 0  # LinearSVC sees only the labelled rows of label k
+        ref = LinearSVC(C=C, tol=1e-6, max_iter=50000).fit(Xtr[rows], Ytr[rows, k])
+        ours_ap = average_precision(scores[:, k], Yte[:, k])
+        ref_ap = average_precision(ref.decision_function(Xte), Yte[:, k])
+        assert abs(ours_ap - ref_ap) <= 0.005
+        np.testing.assert_allclose(probe.coef_[k], ref.coef_[0], atol=0.02 * np.abs(ref.coef_).max())
+    assert set(np.unique(probe.predict(Xte))) <= {-1, 1}
+    mean_ap = np.mean([average_precision(scores[:, k], Yte[:, k]) for k in range(3)])
+    assert probe.score(Xte, Yte) == pytest.approx(mean_ap)
+
+
+def test_balanced_class_weight_matches_binary_linearsvc_per_class(digits):
+    Xtr, ytr, _, _, _, _ = digits
+    C = 0.3
+    probe = LinearProbe(Cs=[C], class_weight="balanced", device="cpu").fit(Xtr, ytr)
+    for k in (0, 5):
+        ref = LinearSVC(C=C, class_weight="balanced", tol=1e-6, max_iter=50000).fit(Xtr, np.where(ytr == k, 1, -1))
+        np.testing.assert_allclose(probe.coef_[k], ref.coef_[0], atol=0.02 * np.abs(ref.coef_).max())
+        assert probe.intercept_[k] == pytest.approx(ref.intercept_[0], abs=0.02)
+
+
+def test_validation_selection_picks_the_same_C_as_an_exhaustive_sklearn_loop(digits):
+    Xtr, ytr, Xva, yva, _, _ = digits
+    Cs = [1e-4, 1e-2, 1.0]
+    probe = LinearProbe(Cs=Cs, device="cpu").fit(Xtr, ytr, Xva, yva)
+    accuracies = [LinearSVC(C=C, tol=1e-6, max_iter=50000).fit(Xtr, ytr).score(Xva, yva) for C in Cs]
+    assert accuracies[0] < max(accuracies) - 0.05  # a clear case: the smallest C underfits
+    assert probe.C_ == Cs[int(np.argmax(accuracies))]
+    np.testing.assert_allclose(probe.cv_scores_, accuracies, atol=0.005)
+    assert probe.selection_ == "val"
+    # The final model is refit on train + val with the chosen C.
+    refit = LinearProbe(Cs=[probe.C_], device="cpu").fit(np.concatenate([Xtr, Xva]), np.concatenate([ytr, yva]))
+    np.testing.assert_allclose(probe.coef_, refit.coef_, atol=1e-3 * np.abs(refit.coef_).max())
+
+
+def test_kfold_selection_and_custom_scoring(digits):
+    Xtr, ytr, _, _, _, _ = digits
+    Cs = [1e-4, 1e-2, 1.0]
+    probe = LinearProbe(Cs=Cs, cv=3, device="cpu").fit(Xtr, ytr)
+    assert probe.selection_ == "3-fold" and probe.C_ != 1e-4 and len(probe.cv_scores_) == 3
+    seen = []
+
+    def smallest_scores(y_true, scores):  # prefers the most regularised model
+        seen.append((len(y_true), scores.shape))
+        return -float(np.abs(scores).mean())
+
+    custom = LinearProbe(Cs=Cs, cv=3, scoring=smallest_scores, device="cpu").fit(Xtr, ytr)
+    assert custom.C_ == 1e-4
+    assert len(seen) == 9 and all(shape == (n, 10) for n, shape in seen)
+
+
+def test_two_fits_are_identical(relu_digits):
+    Xtr, ytr, Xva, yva, _, _ = relu_digits
+    a = LinearProbe(Cs=[0.1, 1.0], device="cpu", seed=5).fit(Xtr, ytr)
+    b = LinearProbe(Cs=[0.1, 1.0], device="cpu", seed=5).fit(Xtr, ytr)
+    np.testing.assert_array_equal(a.coef_, b.coef_)
+    np.testing.assert_array_equal(a.intercept_, b.intercept_)
+    assert a.C_ == b.C_
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_bad_inputs_raise_clear_errors(digits):
+    Xtr, ytr, Xva, yva, Xte, yte = digits
+    probe = LinearProbe(Cs=[1.0], device="cpu")
+    with pytest.raises(TransferlabError, match="labels for"):
+        probe.fit(Xtr, ytr[:-1])
+    bad = Xtr.copy()
+    bad[7, 3] = np.nan
+    with pytest.raises(TransferlabError, match="non-finite.*row 7, column 3"):
+        probe.fit(bad, ytr)
+    bad[7, 3] = np.inf
+    with pytest.raises(TransferlabError, match="non-finite"):
+        probe.fit(bad, ytr)
+    with pytest.raises(TransferlabError, match="single class"):
+        probe.fit(Xtr, np.zeros(len(Xtr), dtype=int))
+    for Cs in ([1.0, 0.0], [-1.0], [], [np.inf]):
+        with pytest.raises(TransferlabError, match="C"):
+            LinearProbe(Cs=Cs).fit(Xtr, ytr)
+    with pytest.raises(TransferlabError, match="loss"):
+        LinearProbe(loss="hinge").fit(Xtr, ytr)
+    with pytest.raises(TransferlabError, match="call fit"):
+        LinearProbe().predict(Xte)
+    with pytest.raises(TransferlabError, match="X_val and y_val"):
+        probe.fit(Xtr, ytr, Xva)
+    with pytest.raises(TransferlabError, match="features"):
+        probe.fit(Xtr, ytr, Xva[:, :10], yva)
+
+
+def test_classes_missing_from_training_are_reported(digits):
+    Xtr, ytr, Xva, yva, Xte, yte = digits
+    keep = ytr != 9
+    with pytest.raises(TransferlabError, match=r"\[9\].*validation but not in training"):
+        LinearProbe(Cs=[0.1, 1.0], device="cpu").fit(Xtr[keep], ytr[keep], Xva, yva)
+    probe = LinearProbe(Cs=[1.0], device="cpu").fit(Xtr[keep], ytr[keep])
+    with pytest.raises(TransferlabError, match=r"\[9\] were not in the training labels"):
+        probe.score(Xte, yte)
+
+
+def test_multilabel_label_conventions_are_checked(digits):
+    Xtr, ytr, _, _, _, _ = digits
+    indicator = np.stack([ytr % 2 == 0, ytr < 5], 1).astype(np.int8)  # 0/1, not 1/-1/0
+    with pytest.raises(TransferlabError, match="no -1"):
+        LinearProbe(Cs=[1.0], multilabel=True).fit(Xtr, indicator)
+    with pytest.raises(TransferlabError, match="1, -1 or 0"):
+        LinearProbe(Cs=[1.0], multilabel=True).fit(Xtr, indicator * 2)
+    Y = np.stack([np.where(ytr % 2 == 0, 1, -1), -np.ones_like(ytr)], 1)
+    with pytest.warns(UserWarning, match="label column 1 has 0 positive"):
+        LinearProbe(Cs=[1.0], multilabel=True, device="cpu").fit(Xtr, Y)
+    with pytest.raises(TransferlabError, match="1-D"):
+        LinearProbe(Cs=[1.0]).fit(Xtr, Y)
+
+
+def test_no_convergence_warning_on_a_normal_fit(digits):
+    Xtr, ytr, _, _, _, _ = digits
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        LinearProbe(Cs=[0.01, 10.0], device="cpu").fit(Xtr, ytr)
