@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["PCA", "FeatureStore", "L2Normalize", "PowerNormalize", "build_postprocess", "extract"]
+__all__ = ["PCA", "FeatureStore", "L2Normalize", "PowerNormalize", "build_postprocess"]
 
 
 def __getattr__(name: str) -> Any:  # lazy: keep `import transferlab.features` free of torch
@@ -16,8 +16,4 @@ def __getattr__(name: str) -> Any:  # lazy: keep `import transferlab.features` f
         from transferlab.features.store import FeatureStore
 
         return FeatureStore
-    if name == "extract":
-        from transferlab.features.extract import extract
-
-        return extract
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
