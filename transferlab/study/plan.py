@@ -228,9 +228,8 @@ def make_plan(config: StudyConfig, check_layers: bool = True) -> Plan:
             retrieval = spec.kind == "retrieval"
             standard_source = source_name == (config.sources[0].name if config.sources else None)
             settings = settings_for(config, retrieval)
-            if source_name in learning:  # learning-factor sources: the standard setting and the layers
-                std = settings[0][0]
-                settings = [(s, st) for s, st in settings if s == std or replace(std, layer=s.layer) == s]
+            if source_name in learning:  # learning-factor sources are compared at the standard setting
+                settings = settings[:1]
             for setting, is_standard in settings:
                 if setting.pooling == "windows" and not retrieval:
                     continue
