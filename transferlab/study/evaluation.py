@@ -101,7 +101,8 @@ def evaluate_probe_job(job: Job, task: TaskData, features: FeatureSource, probe:
     seconds = time.perf_counter() - start
     extra = {"C": float(model.C_), "n_train": int(len(X_train)), "n_test": int(len(X_test)),
              "dim": int(X_train.shape[1]), "layer_name": features.layer_name(setting.layer)}
-    if not multilabel and repeat == 1:
+    if not multilabel and repeat == 1 and setting.pca == 0:
+        # the analysis compares scores across layers/poolings/sources at one post-processing
         extra.update(transferability_scores(X_train, y_train))
     return _row(job, metric, metrics, seconds, extra)
 
