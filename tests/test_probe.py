@@ -49,6 +49,13 @@ def svm_objective(W, b, X, Y, C, weights=None):
     return 0.5 * (np.asarray(W, np.float64) ** 2).sum(1) + 0.5 * np.asarray(b, np.float64) ** 2 + C * (s * margins**2).sum(0)
 
 
+def logistic_objective(W, b, X, Y, C):
+    """LogisticRegression's primal per class: 0.5 ||w||^2 + C sum log(1 + exp(-y_i f(x_i)))."""
+    W = np.asarray(W, np.float64)
+    z = Y * (X.astype(np.float64) @ W.T + b)
+    return 0.5 * (W**2).sum(1) + C * np.logaddexp(0.0, -z).sum(0)
+
+
 def one_vs_rest(y, classes):
     return np.where(y[:, None] == classes[None, :], 1.0, -1.0)
 
@@ -90,13 +97,12 @@ def test_fewer_samples_than_features_uses_plain_solver_and_matches(relu_digits):
     ours = svm_objective(probe.coef_, probe.intercept_, X, Y, 0.5)
     theirs = svm_objective(ref.coef_, ref.intercept_, X, Y, 0.5)
     assert np.all(ours <= theirs * (1 + 1e-4))
-
-
-def logistic_objective(W, b, X, Y, C):
-    """LogisticRegression's primal per class: 0.5 ||w||^2 + C sum log(1 + exp(-y_i f(x_i)))."""
-    W = np.asarray(W, np.float64)
-    z = Y * (X.astype(np.float64) @ W.T + b)
-    return 0.5 * (W**2).sum(1) + C * np.logaddexp(0.0, -z).sum(0)
+    logistic = LinearProbe(loss="logistic", Cs=[0.5], device="cpu").fit(X, y)
+    ref = OneVsRestClassifier(LogisticRegression(C=0.5, tol=1e-6, max_iter=10000)).fit(X, y)
+    W = np.stack([est.coef_[0] for est in ref.estimators_])
+    b = np.array([est.intercept_[0] for est in ref.estimators_])
+    ours = logistic_objective(logistic.coef_, logistic.intercept_, X, Y, 0.5)
+    assert np.all(ours <= logistic_objective(W, b, X, Y, 0.5) * (1 + 1e-5))
 
 
 @pytest.mark.parametrize(("features", "C"), [("digits", 1.0), ("relu_digits", 0.1)])
@@ -175,6 +181,24 @@ def test_validation_selection_picks_the_same_C_as_an_exhaustive_sklearn_loop(dig
     np.testing.assert_allclose(probe.coef_, refit.coef_, atol=1e-3 * np.abs(refit.coef_).max())
 
 
+def test_multilabel_validation_selection_matches_sklearn_loop(digits):
+    Xtr, ytr, Xva, yva, _, _ = digits
+    rng = np.random.default_rng(4)
+    Ytr, Yva = multilabel_from_digits(ytr, rng), multilabel_from_digits(yva, rng)
+    Cs = [1e-4, 1e-2, 1.0]
+    probe = LinearProbe(Cs=Cs, multilabel=True, device="cpu").fit(Xtr, Ytr, Xva, Yva)
+    mean_aps = []
+    for C in Cs:
+        aps = []
+        for k in range(Ytr.shape[1]):
+            rows = Ytr[:, k] != 0
+            ref = LinearSVC(C=C, tol=1e-6, max_iter=50000).fit(Xtr[rows], Ytr[rows, k])
+            aps.append(average_precision(ref.decision_function(Xva), Yva[:, k]))
+        mean_aps.append(np.mean(aps))
+    assert probe.C_ == Cs[int(np.argmax(mean_aps))]
+    np.testing.assert_allclose(probe.cv_scores_, mean_aps, atol=0.005)
+
+
 def test_kfold_selection_and_custom_scoring(digits):
     Xtr, ytr, _, _, _, _ = digits
     Cs = [1e-4, 1e-2, 1.0]
@@ -228,6 +252,10 @@ def test_bad_inputs_raise_clear_errors(digits):
         probe.fit(Xtr, ytr, Xva)
     with pytest.raises(TransferlabError, match="features"):
         probe.fit(Xtr, ytr, Xva[:, :10], yva)
+    with pytest.raises(TransferlabError, match="n_threads"):
+        LinearProbe(n_threads=0).fit(Xtr, ytr)
+    with pytest.raises(TransferlabError, match="class_weight"):
+        LinearProbe(class_weight="auto").fit(Xtr, ytr)
 
 
 def test_classes_missing_from_training_are_reported(digits):

@@ -101,8 +101,18 @@ def test_missing_task_root_is_caught_at_plan_time(tmp_path):
 
 def test_paper_config_validates_and_plans_against_native_fixtures(tmp_path, capsys):
     from fixtures_classification import (
-        make_apascal, make_cub, make_flowers, make_h3d, make_mit67, make_pets, make_stanford40,
-        make_sun397, make_sun_attributes, make_visual_phrases, make_voc2007, make_voc2012_actions,
+        make_apascal,
+        make_cub,
+        make_flowers,
+        make_h3d,
+        make_mit67,
+        make_pets,
+        make_stanford40,
+        make_sun397,
+        make_sun_attributes,
+        make_visual_phrases,
+        make_voc2007,
+        make_voc2012_actions,
     )
     data = tmp_path / "data"
     makers = {"voc2007": make_voc2007, "mit67": make_mit67, "sun397": make_sun397,

@@ -25,6 +25,7 @@ warm-started from the previous solution.
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -45,7 +46,6 @@ LOSSES = ("squared_hinge", "logistic")
 _ROTATE_MAX_DIM = 2048
 # Size of the leading eigen-block whose Hessian is inverted exactly in the preconditioner.
 _BLOCK = 64
-_PRECOND = "auto"
 # Below this many feature entries (n x d) a CPU fit runs on one thread: per-op threading
 # overhead (and waiting for a descheduled thread on a busy machine) outweighs the gain.
 _SMALL_PROBLEM = 1 << 21
@@ -67,7 +67,7 @@ class _Design:
         self.n = X.shape[0]
         if rotate:
             Xt = torch.cat([X, torch.ones(self.n, 1, device=X.device, dtype=X.dtype)], 1)
-            lam, Q = torch.linalg.eigh((Xt.T @ Xt).double())
+            _, Q = torch.linalg.eigh((Xt.T @ Xt).double())
             self.Q = Q.flip(1).to(X.dtype).contiguous()
             self.A = Xt @ self.Q
             del Xt
@@ -343,7 +343,8 @@ class LinearProbe(BaseEstimator):
     metric (accuracy, or mean non-interpolated AP for multilabel); ``device`` "auto", "cpu",
     "cuda"...; ``tol`` the solver's relative stopping test; ``seed`` fixes the folds;
     ``n_threads`` torch CPU threads during fit (None: one thread for small problems, below
-    2M feature entries, else torch's setting). Ties in the selection go to the smallest C.
+    2M feature entries, else torch's setting capped at half the cores). Ties in the selection
+    go to the smallest C.
 
     After ``fit``: ``C_``, ``Cs_`` (sorted grid), ``cv_scores_`` (selection metric per C),
     ``selection_`` ("val", "k-fold" or "none"), ``classes_``, ``coef_`` (K, d),
@@ -389,7 +390,7 @@ class LinearProbe(BaseEstimator):
         if threads is None and device.type == "cpu":
             n_rows = len(X) + (0 if X_val is None else len(X_val))
             n_cols = np.shape(X)[1] if np.ndim(X) == 2 else 1
-            threads = 1 if n_rows * n_cols < _SMALL_PROBLEM else None
+            threads = 1 if n_rows * n_cols < _SMALL_PROBLEM else _default_threads()
         with _torch_threads(threads):
             return self._fit(Cs, device, X, y, X_val, y_val)
 
@@ -416,7 +417,7 @@ class LinearProbe(BaseEstimator):
         # The rotation is a change of basis only (same solution); it pays for itself when d is
         # moderate. The validation rows may enter it: nothing is learnt from them there.
         d = Xt.shape[1]
-        rotate = _PRECOND != "plain" and d + 1 <= _ROTATE_MAX_DIM and len(Xt) >= d + 1
+        rotate = d + 1 <= _ROTATE_MAX_DIM and len(Xt) >= d + 1
         design = _Design(Xt, 1.0 if self.loss == "squared_hinge" else 0.0, rotate)
 
         self.Cs_ = Cs
@@ -641,6 +642,20 @@ def _check_X(X, name: str) -> np.ndarray:
     from transferlab.features.postprocess import check_features
 
     return check_features(X, name)
+
+
+def _default_threads() -> int:
+    """torch's thread count, capped at half the usable cores (one on a 2-core machine).
+
+    The solver runs thousands of short ops; when its threads outnumber the cores other
+    processes leave free, each op waits for a descheduled thread. On a shared 2-core machine
+    two threads measured up to 5x slower than one; leaving half the cores costs at most ~2x.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(torch.get_num_threads(), cores // 2))
 
 
 @contextmanager
