@@ -12,12 +12,12 @@ def offline_config_path() -> Path:
 
 
 def quick_variant(config: StudyConfig) -> StudyConfig:
-    """The ~2 minute version: the standard source only, two values per factor."""
+    """The ~2 minute version: the standard source only, two layers and two poolings."""
     factors = config.factors.model_copy(update={
         "layers": config.factors.layers[:2],
         "pooling": config.factors.pooling[:2],
         "normalisation": config.factors.normalisation[:1],
-        "pca_dims": config.factors.pca_dims[:2],
+        "pca_dims": config.factors.pca_dims[:1],
         "views": config.factors.views[:1],
         "finetune": ["off"],
     })
