@@ -11,6 +11,7 @@ import hashlib
 import itertools
 import json
 import re
+import sys
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -190,6 +191,11 @@ def make_plan(config: StudyConfig, check_layers: bool = True) -> Plan:
         try:
             tasks[entry.name] = load_task(entry.name, root, **options)
         except TransferlabError as exc:
+            if spec.builtin and root is None:  # e.g. dataset-fashion-mnist not installed
+                notes.append(f"skipped built-in task {entry.name}: {exc}")
+                print(f"transferlab: skipping built-in task {entry.name}: {exc}", file=sys.stderr)
+                del specs[entry.name]
+                continue
             problems.append(f"tasks.{entry.name}: {exc}")
     if config.retrieval.whiten_on and config.retrieval.whiten_on not in specs:
         problems.append(f"retrieval.whiten_on: {config.retrieval.whiten_on} must also be listed under tasks")
@@ -241,6 +247,8 @@ def make_plan(config: StudyConfig, check_layers: bool = True) -> Plan:
                                 learning=tuple(sorted(learning.get(source_name, {}).items()))))
     if "windows" in config.factors.pooling:
         notes.append("pooling 'windows' (spatial search) is evaluated on retrieval tasks only")
+    if not tasks and not problems:
+        problems.append("tasks: none of the tasks could be loaded")
     if problems:
         raise TransferlabError("the study cannot start:\n  " + "\n  ".join(problems))
     views = ["orig", "flip"] if "orig+flip" in config.factors.views else ["orig"]
