@@ -81,8 +81,13 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def default_workers(device: torch.device) -> int:
+    """Decoding workers: several feeding a GPU; on the CPU none, since torch's threads already
+    use every core and shipping decoded tensors between processes cost more than it saved
+    (measured on 2 cores: 0.78-0.90 of bare forward throughput with 0 workers, 0.71-0.83 with 1)."""
     cores = os.cpu_count() or 1
-    return min(8, cores - 1) if device.type == "cuda" else (1 if cores >= 2 else 0)
+    if device.type == "cuda":
+        return min(8, cores - 1)
+    return 0 if cores <= 4 else min(4, cores // 4)
 
 
 # --------------------------------------------------------------------- extraction
