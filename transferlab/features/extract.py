@@ -22,6 +22,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from transferlab.data.base import Box, Split
+from transferlab.device import resolve_device  # noqa: F401  (re-exported for callers)
 from transferlab.errors import BadImageError, TransferlabError
 from transferlab.features.pooling import default_windows, pool, pooled_shape, validate_pooling
 from transferlab.features.store import FeatureStore, GroupKey, dataset_fingerprint, output_name
@@ -70,16 +71,6 @@ class ImageListDataset(Dataset):
 
 
 # ------------------------------------------------------------------------- device
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise TransferlabError("--device cuda requested but no CUDA GPU is available")
-    if device not in ("cpu",) and not device.startswith("cuda"):
-        raise TransferlabError(f"unknown device {device!r}; use auto, cpu or cuda")
-    return torch.device(device)
-
-
 def default_workers(device: torch.device) -> int:
     """Decoding workers: several feeding a GPU; on the CPU none, since torch's threads already
     use every core and shipping decoded tensors between processes cost more than it saved

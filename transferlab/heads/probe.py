@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator
 
+from transferlab.device import resolve_device
 from transferlab.errors import TransferlabError
 
 DEFAULT_CS = np.logspace(-3, 3, 13)
@@ -385,7 +386,7 @@ class LinearProbe(BaseEstimator):
         With a validation split the final model is refit on train + val.
         """
         Cs = self._check_params()
-        device = _resolve_device(self.device)
+        device = resolve_device(self.device)
         threads = self.n_threads
         if threads is None and device.type == "cpu":
             n_rows = len(X) + (0 if X_val is None else len(X_val))
@@ -670,18 +671,6 @@ def _torch_threads(n: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
-
-
-def _resolve_device(device) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise TransferlabError(f"LinearProbe: unknown device {device!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise TransferlabError(f"LinearProbe: device {device!r} requested but CUDA is not available")
-    return dev
 
 
 def _default_score(y_true: np.ndarray, scores: np.ndarray, classes: np.ndarray, multilabel: bool) -> float:

@@ -30,6 +30,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import torch
 
+from transferlab.device import resolve_device
 from transferlab.errors import TransferlabError
 
 Metric = Literal["cosine", "l2"]
@@ -54,21 +55,6 @@ class Transform(Protocol):
 
 
 # ----------------------------------------------------------------------------- validation
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else as torch understands it."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise TransferlabError(f"device {device!r} is not a torch device ({exc})") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise TransferlabError(f"device {device!r} requested but CUDA is not available")
-    return dev
 
 
 def _check_metric(metric: str) -> None:
