@@ -244,7 +244,7 @@ class ResultStore:
         try:
             conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA busy_timeout = 60000")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            mode = _switch_to_wal(conn)
             if str(mode).lower() != "wal":
                 raise TransferlabError(f"{self.path}: cannot switch the database to WAL mode (got {mode})")
             conn.execute("PRAGMA synchronous = NORMAL")
@@ -478,6 +478,20 @@ def ordered_factors(names: Any) -> list[str]:
     """Factor names in FACTOR_ORDER, then the others alphabetically."""
     names = set(names)
     return [n for n in FACTOR_ORDER if n in names] + sorted(names - set(FACTOR_ORDER))
+
+
+def _switch_to_wal(conn: sqlite3.Connection, attempts: int = 50) -> str:
+    """``PRAGMA journal_mode = WAL`` on a database another process is creating can fail at
+    once with "database is locked" (SQLite's busy handler does not cover the mode switch),
+    so retry briefly instead of failing the second of two simultaneous writers."""
+    for attempt in range(attempts):
+        try:
+            return str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def ordered_keys(dicts: Any) -> list[str]:
