@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -18,67 +17,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
 
-from transferlab.data.base import Box, Split
+from transferlab.data.base import Split
 from transferlab.device import resolve_device  # noqa: F401  (re-exported for callers)
 from transferlab.errors import BadImageError, TransferlabError
+from transferlab.features.images import ImageListDataset, extraction_workers, image_batches
 from transferlab.features.pooling import default_windows, pool, pooled_shape, validate_pooling
 from transferlab.features.store import FeatureStore, GroupKey, dataset_fingerprint, output_name
 from transferlab.sources.base import FEATURES_OUTPUT, Layer, Source, named_module
+from transferlab.sources.preprocessing import PIXEL_RECIPE
 
 VIEWS = ("orig", "flip")
-
-
-# ------------------------------------------------------------------------- images
-def read_image(path: str, box: Box | None = None) -> Image.Image:
-    """Decode an image as RGB, cropped to ``box`` (x1, y1, x2, y2) when given."""
-    with Image.open(path) as handle:
-        handle.load()
-        image = handle.convert("RGB")
-    if box is not None:
-        x1, y1, x2, y2 = (int(round(v)) for v in box)
-        x1, y1 = max(0, x1), max(0, y1)
-        x2, y2 = min(image.width, max(x2, x1 + 1)), min(image.height, max(y2, y1 + 1))
-        image = image.crop((x1, y1, x2, y2))
-    return image
-
-
-class ImageListDataset(Dataset):
-    """Images by path, preprocessed for a source; unreadable files are flagged, not raised,
-    so the main process decides (error or skip) and names the file."""
-
-    def __init__(self, paths: Sequence[str], boxes: Sequence[Box | None] | None, preprocessing, indices: Sequence[int]):
-        self.paths = paths
-        self.boxes = boxes
-        self.preprocessing = preprocessing
-        self.indices = list(indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, position: int):
-        index = self.indices[position]
-        size = self.preprocessing.input_size
-        try:
-            box = self.boxes[index] if self.boxes is not None else None
-            tensor = self.preprocessing.to_tensor(read_image(self.paths[index], box))
-            return tensor, index, ""
-        except Exception as exc:  # any decoder failure is reported with the file name
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            return torch.zeros(3, size, size), index, reason or "unreadable"
-
-
-# ------------------------------------------------------------------------- device
-def default_workers(device: torch.device) -> int:
-    """Decoding workers: several feeding a GPU; on the CPU none, since torch's threads already
-    use every core and shipping decoded tensors between processes cost more than it saved
-    (measured on 2 cores: 0.78-0.90 of bare forward throughput with 0 workers, 0.71-0.83 with 1)."""
-    cores = os.cpu_count() or 1
-    if device.type == "cuda":
-        return min(8, cores - 1)
-    return 0 if cores <= 4 else min(4, cores // 4)
 
 
 # --------------------------------------------------------------------- extraction
@@ -112,7 +61,8 @@ class SplitFeatures:
 
 def group_keys(source: Source, paths: Sequence[str], boxes, views: Sequence[str]) -> dict[str, GroupKey]:
     fingerprint = dataset_fingerprint(paths, boxes)
-    pre = json.dumps(source.preprocessing.to_dict(), sort_keys=True)
+    # the pixel recipe is part of the identity: rows from an older resampling never mix in
+    pre = json.dumps({**source.preprocessing.to_dict(), "pixels": PIXEL_RECIPE}, sort_keys=True)
     return {
         view: GroupKey(source.name, source.weights_id, pre, view, fingerprint, len(paths))
         for view in views
@@ -183,9 +133,8 @@ def _run(source, split, wanted, windows, views, keys, store, todo, device, batch
         model = model.to(memory_format=torch.channels_last)
     indices = [i for shard in sorted(todo) for i in range(*store.shard_range(keys[views[0]], shard))]
     dataset = ImageListDataset(split.paths, split.boxes, source.preprocessing, indices)
-    workers = default_workers(dev) if num_workers is None else num_workers
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        pin_memory=dev.type == "cuda", persistent_workers=False)
+    workers = extraction_workers(dev) if num_workers is None else num_workers
+    batches = image_batches(dataset, batch_size, workers, pin_memory=dev.type == "cuda")
     for key in keys.values():
         store.write_meta(key, {"source": source.name, "arch": source.arch, "split": split.name,
                                "n_images": len(split), "first_path": split.paths[0]})
@@ -203,10 +152,8 @@ def _run(source, split, wanted, windows, views, keys, store, todo, device, batch
                disable=not progress, file=sys.stderr, dynamic_ncols=True)
     try:
         with torch.inference_mode():
-            for images, idx, reasons in loader:
-                images = images.to(dev, non_blocking=True)
-                if channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
+            for pixels, idx, reasons in batches:
+                images = source.preprocessing.normalize(pixels.to(dev, non_blocking=True))
                 good = [k for k, r in enumerate(reasons) if not r]
                 for k, reason in enumerate(reasons):
                     if reason:

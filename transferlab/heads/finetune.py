@@ -264,7 +264,8 @@ def finetune(
     preprocessing), e.g. to fine-tune small images fast. ``patience=None`` disables early
     stopping. The given ``source`` is not modified (a copy is trained).
     """
-    from transferlab.features.extract import default_workers, resolve_device
+    from transferlab.device import resolve_device
+    from transferlab.features.images import default_workers
 
     task_list = [tasks] if isinstance(tasks, TaskData) else list(tasks)
     lr, weight_decay, head_lr_scale = _check_options(task_list, optimizer, lr, weight_decay, epochs,

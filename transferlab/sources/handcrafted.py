@@ -339,15 +339,8 @@ def _sample(descriptor_sets: list[np.ndarray], max_descriptors: int, seed: int) 
 
 def _pil_pixels(image, preprocessing: Preprocessing = PREPROCESSING) -> np.ndarray:
     """PIL image -> (S, S, 3) float in [0, 1], resized and cropped exactly as the extractor
-    does (``Preprocessing.to_tensor`` without its normalisation, which the model undoes)."""
-    from torchvision.transforms import functional as F
-
-    from transferlab.sources.preprocessing import _INTERPOLATIONS
-
-    image = F.resize(image.convert("RGB"), preprocessing.resize_size,
-                     interpolation=_INTERPOLATIONS[preprocessing.interpolation])
-    image = F.center_crop(image, [preprocessing.input_size, preprocessing.input_size])
-    return np.asarray(image, dtype=np.float64) / 255.0
+    does (``Preprocessing.to_pixels``; the normalisation is undone by the model anyway)."""
+    return preprocessing.to_pixels(image.convert("RGB")).astype(np.float64) / 255.0
 
 
 def _photo_views(image) -> list[np.ndarray]:

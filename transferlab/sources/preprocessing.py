@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 from PIL import Image
 from torchvision.transforms import InterpolationMode
@@ -18,6 +19,13 @@ _INTERPOLATIONS = {
     "bicubic": InterpolationMode.BICUBIC,
     "bilinear": InterpolationMode.BILINEAR,
     "nearest": InterpolationMode.NEAREST,
+}
+# names how ``to_pixels`` resamples; part of every feature-store key, so a change of recipe
+# never mixes rows computed the old way with new ones
+PIXEL_RECIPE = "pil-box-resample-v1"
+_PIL_FILTERS = {
+    "bicubic": Image.Resampling.BICUBIC,
+    "bilinear": Image.Resampling.BILINEAR,
 }
 
 
@@ -53,12 +61,46 @@ class Preprocessing:
             std=tuple(float(v) for v in data["std"]),
         )
 
+    def crop_box(self, width: int, height: int) -> tuple[float, float, float, float]:
+        """The region of a ``width`` x ``height`` image that the eval transform keeps, in that
+        image's pixel coordinates: torchvision's resize (short side to ``resize_size``, long
+        side truncated) followed by its centre crop (offsets rounded half to even)."""
+        short = self.resize_size
+        if width <= height:
+            new_w, new_h = short, int(short * height / width)
+        else:
+            new_w, new_h = int(short * width / height), short
+        top = int(round((new_h - self.input_size) / 2.0))
+        left = int(round((new_w - self.input_size) / 2.0))
+        sx, sy = width / new_w, height / new_h
+        return (left * sx, top * sy, (left + self.input_size) * sx, (top + self.input_size) * sy)
+
+    def to_pixels(self, image: Image.Image) -> np.ndarray:
+        """Eval geometry: PIL RGB image -> (S, S, 3) uint8, resized and centre-cropped.
+
+        One PIL resample of just the kept region (``Image.resize(box=...)``) instead of
+        resizing the whole image and cropping: the filter taps are the same, so pixels agree
+        with resize-then-crop to within 1/255 from float rounding, at ~60% of the cost.
+        Nearest-neighbour resizing keeps resize-then-crop: there a rounding picks a neighbour."""
+        if self.interpolation == "nearest":  # a nudged sample position picks another pixel
+            image = F.resize(image, self.resize_size, interpolation=InterpolationMode.NEAREST)
+            return np.asarray(F.center_crop(image, [self.input_size, self.input_size]), dtype=np.uint8)
+        size = (self.input_size, self.input_size)
+        resized = image.resize(size, _PIL_FILTERS[self.interpolation], box=self.crop_box(*image.size))
+        return np.asarray(resized, dtype=np.uint8)
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(N, S, S, 3) uint8 -> (N, 3, S, S) float, (x/255 - mean)/std, channels_last in
+        memory (the permuted view already is), on whatever device ``pixels`` lives."""
+        mean = torch.tensor(self.mean, device=pixels.device).mul_(255.0).view(1, 3, 1, 1)
+        inv_std = torch.tensor(self.std, device=pixels.device).mul_(255.0).reciprocal_().view(1, 3, 1, 1)
+        return pixels.permute(0, 3, 1, 2).float().sub_(mean).mul_(inv_std)
+
     def to_tensor(self, image: Image.Image) -> torch.Tensor:
-        """Eval transform: PIL RGB image -> normalised float tensor (3, S, S)."""
-        image = F.resize(image, self.resize_size, interpolation=_INTERPOLATIONS[self.interpolation])
-        image = F.center_crop(image, [self.input_size, self.input_size])
-        tensor = F.pil_to_tensor(image).float().div_(255.0)
-        return F.normalize(tensor, self.mean, self.std)
+        """Eval transform: PIL RGB image -> normalised float tensor (3, S, S); exactly what
+        extraction feeds the network (``to_pixels`` then ``normalize``)."""
+        pixels = torch.from_numpy(self.to_pixels(image).copy())
+        return self.normalize(pixels[None])[0].contiguous()
 
     def to_train_tensor(self, image: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
         """Train-time augmentation: random-resized crop (scale 0.35-1) and horizontal flip."""

@@ -217,7 +217,7 @@ class _DecodeDataset(torch.utils.data.Dataset):
         from torchvision.transforms import InterpolationMode
         from torchvision.transforms import functional as F
 
-        from transferlab.features.extract import read_image
+        from transferlab.features.images import read_image
 
         pre = self.preprocessing
         try:

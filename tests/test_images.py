@@ -1,0 +1,141 @@
+"""Image reading for extraction: the fast JPEG path gives PIL's pixels, the one-resample
+geometry matches torchvision's resize-then-crop, and thread batching keeps order."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as F
+
+from transferlab.errors import BadImageError
+from transferlab.features import images
+from transferlab.features.extract import extract
+from transferlab.features.images import ImageListDataset, decode_rgb, image_batches, read_image
+from transferlab.sources.preprocessing import Preprocessing
+
+
+def pil_rgb(path) -> np.ndarray:
+    with Image.open(path) as handle:
+        return np.asarray(handle.convert("RGB"))
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "CMYK"])
+@pytest.mark.parametrize("progressive", [False, True])
+def test_jpeg_fast_path_gives_pils_pixels(photo_dir, tmp_path, mode, progressive, monkeypatch):
+    path = tmp_path / f"photo_{mode}.jpg"
+    Image.open(photo_dir / "chelsea.jpg").convert(mode).save(path, quality=85, progressive=progressive)
+    used = []
+    original = images._decode_jpeg
+    monkeypatch.setattr(images, "_decode_jpeg", lambda data: used.append(1) or original(data))
+    decoded = decode_rgb(str(path))
+    assert used == [1] and decoded.mode == "RGB"
+    assert np.array_equal(np.asarray(decoded), pil_rgb(path))
+
+
+def test_non_jpeg_files_go_through_pil(photo_dir, tmp_path):
+    for suffix in ("png", "bmp", "gif"):
+        path = tmp_path / f"photo.{suffix}"
+        Image.open(photo_dir / "coffee.jpg").convert("RGB").save(path)
+        assert np.array_equal(np.asarray(decode_rgb(str(path))), pil_rgb(path))
+    # a JPEG by content with a .png name is still decoded (by its bytes, not its name)
+    renamed = tmp_path / "really_a_jpeg.png"
+    renamed.write_bytes((photo_dir / "coffee.jpg").read_bytes())
+    assert np.array_equal(np.asarray(decode_rgb(str(renamed))), pil_rgb(photo_dir / "coffee.jpg"))
+
+
+def test_truncated_jpeg_raises_pils_error(photo_dir, tmp_path):
+    data = (photo_dir / "rocket.jpg").read_bytes()
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(OSError, match="truncated"):
+        decode_rgb(str(path))
+
+
+def test_box_crop_is_applied_and_clipped(photo_dir):
+    path = str(photo_dir / "chelsea.jpg")
+    full = np.asarray(read_image(path))
+    assert np.array_equal(np.asarray(read_image(path, (10, 20, 110, 70))), full[20:70, 10:110])
+    clipped = read_image(path, (-5, -5, 10_000, 30))
+    assert clipped.size == (full.shape[1], 30)
+
+
+def reference_pixels(image: Image.Image, pre: Preprocessing) -> np.ndarray:
+    """torchvision's eval transform: resize the short side, then centre crop."""
+    modes = {"bicubic": InterpolationMode.BICUBIC, "bilinear": InterpolationMode.BILINEAR,
+             "nearest": InterpolationMode.NEAREST}
+    resized = F.resize(image, pre.resize_size, interpolation=modes[pre.interpolation])
+    return np.asarray(F.center_crop(resized, [pre.input_size, pre.input_size]))
+
+
+@pytest.mark.parametrize("size", [(500, 375), (375, 500), (451, 300), (256, 256), (1024, 683), (28, 28), (61, 37)])
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear", "nearest"])
+def test_one_resample_matches_resize_then_crop(photo_dir, size, interpolation):
+    photo = Image.open(photo_dir / "astronaut.jpg").convert("RGB").resize(size, Image.Resampling.BILINEAR)
+    pre = Preprocessing(input_size=224, crop_pct=0.875, interpolation=interpolation)
+    ours = pre.to_pixels(photo).astype(int)
+    reference = reference_pixels(photo, pre).astype(int)
+    assert ours.shape == reference.shape == (224, 224, 3)
+    difference = np.abs(ours - reference)
+    # same filter taps; only float rounding of the sample positions may flip a value by one
+    assert difference.max() <= 1
+    assert (difference > 0).mean() < 0.01
+
+
+def test_to_tensor_is_pixels_then_normalize(photo_dir):
+    pre = Preprocessing(input_size=240, crop_pct=0.882, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    photo = Image.open(photo_dir / "coffee.jpg").convert("RGB")
+    tensor = pre.to_tensor(photo)
+    pixels = torch.from_numpy(pre.to_pixels(photo).copy()).permute(2, 0, 1).float()
+    assert tensor.shape == (3, 240, 240)
+    assert torch.allclose(tensor, (pixels / 255 - 0.5) / 0.5, atol=1e-6)
+    batch = pre.normalize(torch.from_numpy(pre.to_pixels(photo).copy())[None])
+    assert batch.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_thread_batches_equal_worker_batches_in_order(photo_dir):
+    paths = [str(p) for p in sorted(photo_dir.glob("*.jpg"))]
+    dataset = ImageListDataset(paths, None, Preprocessing(input_size=64), list(range(len(paths)))[::-1])
+    threaded = list(image_batches(dataset, 2, num_workers=0))
+    workers = list(image_batches(dataset, 2, num_workers=1))
+    assert [b[1].tolist() for b in threaded] == [b[1].tolist() for b in workers]
+    assert [b[1].tolist() for b in threaded][0] == [len(paths) - 1, len(paths) - 2]
+    for (a, _, ra), (b, _, rb) in zip(threaded, workers, strict=True):
+        assert a.dtype == torch.uint8 and a.shape[1:] == (64, 64, 3)
+        assert torch.equal(a, b) and ra == rb == [""] * len(ra)
+
+
+def test_thread_batches_flag_bad_files_without_raising(photo_dir, tmp_path):
+    bad = tmp_path / "empty.jpg"
+    bad.write_bytes(b"")
+    paths = [str(photo_dir / "chelsea.jpg"), str(bad)]
+    dataset = ImageListDataset(paths, None, Preprocessing(input_size=32), [0, 1])
+    (pixels, indices, reasons), = list(image_batches(dataset, 8, num_workers=0))
+    assert indices.tolist() == [0, 1] and reasons[0] == "" and reasons[1]
+    assert not pixels[1].any()
+
+
+def test_extraction_names_a_corrupt_file_in_a_thread_batch(lite0, photo_dir, tmp_path, store):
+    from transferlab.data.base import Split
+
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff" + b"not a jpeg at all" * 10)
+    paths = [str(photo_dir / "coffee.jpg"), str(corrupt)]
+    split = Split("t", paths, np.zeros(2, dtype=np.int64))
+    with pytest.raises(BadImageError, match="corrupt.jpg"):
+        extract(lite0, split, lite0.resolve_layers([-1]), ["avg"], store=store, progress=False)
+
+
+def test_in_memory_jpeg_bytes_roundtrip():
+    """The fast path reads the file's bytes; a JPEG PIL writes decodes to PIL's own pixels."""
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 255, (37, 53, 3), dtype=np.uint8))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=90)
+    decoded = images._decode_jpeg(buffer.getvalue())
+    assert decoded is not None
+    assert np.array_equal(np.asarray(decoded), np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")))

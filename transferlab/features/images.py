@@ -1,0 +1,126 @@
+"""Reading images for extraction: decode, crop to a box, batch.
+
+JPEG files are decoded with torchvision's libjpeg-turbo binding (the same pixels as PIL's,
+in about half the time); anything else, or a JPEG it refuses, goes through PIL, whose error
+names what is wrong. On the CPU, a batch is decoded by a small thread pool in the gap
+between two forward passes: decoding and resampling release the GIL, and the cores would
+otherwise idle while one thread decodes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from transferlab.data.base import Box
+
+_JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+def decode_rgb(path: str) -> Image.Image:
+    """Decode an image file as an RGB PIL image."""
+    with open(path, "rb") as handle:
+        data = handle.read()
+    if data[:3] == _JPEG_MAGIC:
+        decoded = _decode_jpeg(data)
+        if decoded is not None:
+            return decoded
+    with Image.open(path) as handle:
+        handle.load()
+        return handle.convert("RGB")
+
+
+def _decode_jpeg(data: bytes) -> Image.Image | None:
+    """libjpeg-turbo through torchvision; None when it refuses (PIL then gives the error)."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    try:
+        tensor = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+    except RuntimeError:
+        return None
+    return Image.fromarray(tensor.permute(1, 2, 0).numpy())
+
+
+def read_image(path: str, box: Box | None = None) -> Image.Image:
+    """Decode an image as RGB, cropped to ``box`` (x1, y1, x2, y2) when given."""
+    image = decode_rgb(path)
+    if box is not None:
+        x1, y1, x2, y2 = (int(round(v)) for v in box)
+        x1, y1 = max(0, x1), max(0, y1)
+        x2, y2 = min(image.width, max(x2, x1 + 1)), min(image.height, max(y2, y1 + 1))
+        image = image.crop((x1, y1, x2, y2))
+    return image
+
+
+class ImageListDataset(Dataset):
+    """Images by path as (S, S, 3) uint8 pixels, resized and cropped for a source; the
+    float normalisation happens batched, on the device. Unreadable files are flagged, not
+    raised, so the main process decides (error or skip) and names the file."""
+
+    def __init__(self, paths: Sequence[str], boxes: Sequence[Box | None] | None, preprocessing,
+                 indices: Sequence[int]):
+        self.paths = paths
+        self.boxes = boxes
+        self.preprocessing = preprocessing
+        self.indices = list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, position: int) -> tuple[torch.Tensor, int, str]:
+        index = self.indices[position]
+        size = self.preprocessing.input_size
+        try:
+            box = self.boxes[index] if self.boxes is not None else None
+            pixels = self.preprocessing.to_pixels(read_image(self.paths[index], box))
+            return torch.from_numpy(pixels.copy()), index, ""
+        except Exception as exc:  # any decoder failure is reported with the file name
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            return torch.zeros(size, size, 3, dtype=torch.uint8), index, reason or "unreadable"
+
+
+def default_workers(device: torch.device) -> int:
+    """DataLoader worker processes for a training loader: several feeding a GPU; on the CPU
+    none on small machines, where torch's threads already use every core."""
+    cores = os.cpu_count() or 1
+    if device.type == "cuda":
+        return min(8, cores - 1)
+    return 0 if cores <= 4 else min(4, cores // 4)
+
+
+def extraction_workers(device: torch.device) -> int:
+    """Worker processes for extraction: as for training on a GPU; none on the CPU, where a
+    batch is decoded by threads between forward passes instead (measured on 2 cores: worker
+    processes compete with torch's threads for the cores and pay to ship tensors across)."""
+    return default_workers(device) if device.type == "cuda" else 0
+
+
+def decode_threads() -> int:
+    """Threads that decode one batch between forward passes: one per core, at most 8."""
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def image_batches(dataset: ImageListDataset, batch_size: int, num_workers: int,
+                  pin_memory: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
+    """(pixels (B, S, S, 3) uint8, dataset indices, failure reasons) per batch, in order.
+
+    ``num_workers > 0`` uses DataLoader worker processes (prefetching, for a GPU); 0 decodes
+    each batch with a thread pool in the calling process."""
+    if num_workers > 0:
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                            pin_memory=pin_memory, persistent_workers=False)
+        for pixels, indices, reasons in loader:
+            yield pixels, indices, list(reasons)
+        return
+    with ThreadPoolExecutor(decode_threads(), thread_name_prefix="decode") as pool:
+        for start in range(0, len(dataset), batch_size):
+            items = list(pool.map(dataset.__getitem__, range(start, min(start + batch_size, len(dataset)))))
+            yield (torch.stack([item[0] for item in items]),
+                   torch.tensor([item[1] for item in items], dtype=torch.int64),
+                   [item[2] for item in items])
+
