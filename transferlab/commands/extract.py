@@ -38,7 +38,8 @@ def add_source_arguments(p: argparse.ArgumentParser) -> None:
 def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda [auto]")
-    p.add_argument("--workers", type=int, help="DataLoader decoding workers [auto]")
+    p.add_argument("--workers", type=int, help="decoding worker processes; 0 decodes each batch on threads "
+                   "in this process [auto: 0 on the CPU, up to 8 feeding a GPU]")
     p.add_argument("--cache", help="FeatureStore folder [$TRANSFERLAB_CACHE/features]")
     p.add_argument("--on-bad-image", choices=["error", "skip"], default="error",
                    help="unreadable image: stop with its name, or skip it and list it in the manifest")
