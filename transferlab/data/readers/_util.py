@@ -32,6 +32,25 @@ class Problems:
     def annotation(self, path: str | Path, message: str, line: int | None = None, key: str | None = None) -> None:
         self.report(AnnotationError(path, message, line=line, key=key))
 
+    def lines(self, path: Path, task=None) -> list[tuple[int, str]] | None:
+        """``read_lines(path)``, recorded among ``task.source_files``; None (and the problem
+        reported) when the file is missing or unreadable, so a reader moves on."""
+        try:
+            lines = read_lines(path)
+        except TransferlabError as exc:
+            self.report(exc)
+            return None
+        if task is not None:
+            task.source_files.append(str(path))
+        return lines
+
+
+def require_root(root: str | Path | None, task: str, holding: str) -> Path:
+    """``root`` as a Path; without one, a one-line error saying what the folder must hold."""
+    if root is None:
+        raise TransferlabError(f"task {task} needs --root: {holding}")
+    return Path(root)
+
 
 def find_under(root: Path, relative_candidates: Iterable[str], what: str, max_depth: int = 3) -> Path:
     """Find a file or folder under ``root``: first the given relative paths, then by the last

@@ -18,9 +18,14 @@ from pathlib import Path
 import numpy as np
 
 from transferlab.data.base import Box, Split, TaskData
-from transferlab.data.readers._util import Problems, check_images_exist, find_under, read_lines
+from transferlab.data.readers._util import (
+    Problems,
+    check_images_exist,
+    find_under,
+    read_lines,
+    require_root,
+)
 from transferlab.data.tasks import TaskSpec, register
-from transferlab.errors import TransferlabError
 
 ATTRIBUTES = [
     "2D Boxy", "3D Boxy", "Round", "Vert Cyl", "Horiz Cyl", "Occluded", "Tail", "Beak", "Head",
@@ -38,11 +43,7 @@ LISTS = {"train": "apascal_train.txt", "test": "apascal_test.txt"}
 def read_apascal(root: Path | None, *, problems: Problems | None = None) -> TaskData:
     """Official split: apascal_train (6340 objects) / apascal_test (6355 objects)."""
     problems = problems if problems is not None else Problems()
-    if root is None:
-        raise TransferlabError(
-            "task apascal needs --root: the folder holding attribute_data/ and VOCdevkit/VOC2008"
-        )
-    root = Path(root)
+    root = require_root(root, "apascal", "the folder holding attribute_data/ and VOCdevkit/VOC2008")
     data = find_under(root, ["attribute_data"], "aPascal attribute_data/ folder")
     images = find_under(
         root, ["VOCdevkit/VOC2008/JPEGImages", "VOC2008/JPEGImages"], "VOC2008 JPEGImages/ folder"
@@ -67,12 +68,9 @@ def read_apascal(root: Path | None, *, problems: Problems | None = None) -> Task
     width = 6 + len(ATTRIBUTES)
     for split_name, list_name in LISTS.items():
         list_file = data / list_name
-        try:
-            lines = read_lines(list_file)
-        except TransferlabError as exc:
-            problems.report(exc)
+        lines = problems.lines(list_file, task)
+        if lines is None:
             continue
-        task.source_files.append(str(list_file))
         paths: list[str] = []
         boxes: list[Box | None] = []
         rows: list[np.ndarray] = []

@@ -13,9 +13,13 @@ from pathlib import Path
 import numpy as np
 
 from transferlab.data.base import Box, Split, TaskData
-from transferlab.data.readers._util import Problems, check_images_exist, find_under, read_lines
+from transferlab.data.readers._util import (
+    Problems,
+    check_images_exist,
+    find_under,
+    require_root,
+)
 from transferlab.data.tasks import TaskSpec, register
-from transferlab.errors import TransferlabError
 
 FILES = ["images.txt", "image_class_labels.txt", "train_test_split.txt", "classes.txt"]
 
@@ -26,9 +30,7 @@ def read_cub(
     """Official split: 5994 train / 5794 test images of 200 species. ``crop`` attaches the
     annotated bird box to every image, converted from (x, y, w, h) to (x1, y1, x2, y2)."""
     problems = problems if problems is not None else Problems()
-    if root is None:
-        raise TransferlabError("task cub needs --root: the folder holding CUB_200_2011/")
-    root = Path(root)
+    root = require_root(root, "cub", "the folder holding CUB_200_2011/")
     base = (
         root
         if (root / "images.txt").is_file()
@@ -39,12 +41,9 @@ def read_cub(
     tables: dict[str, dict[int, tuple[int, list[str]]]] = {}
     for name in names:
         path = base / name
-        try:
-            lines = read_lines(path)
-        except TransferlabError as exc:
-            problems.report(exc)
+        lines = problems.lines(path, task)
+        if lines is None:
             continue
-        task.source_files.append(str(path))
         tables[name] = _id_table(
             path, lines, problems, maxsplit=1 if name in ("images.txt", "classes.txt") else -1
         )

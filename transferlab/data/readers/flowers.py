@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from transferlab.data.base import Split, TaskData
-from transferlab.data.readers._util import Problems, check_images_exist, find_under
+from transferlab.data.readers._util import Problems, check_images_exist, find_under, require_root
 from transferlab.data.tasks import TaskSpec, register
 from transferlab.errors import AnnotationError, TransferlabError
 
@@ -68,11 +68,7 @@ def mat_index_vector(path: Path, key: str, value: np.ndarray, low: int, high: in
 def read_flowers(root: Path | None, *, problems: Problems | None = None) -> TaskData:
     """Official split: train = trnid, val = valid, test = tstid."""
     problems = problems if problems is not None else Problems()
-    if root is None:
-        raise TransferlabError(
-            "task flowers needs --root: the folder holding jpg/, imagelabels.mat, setid.mat"
-        )
-    root = Path(root)
+    root = require_root(root, "flowers", "the folder holding jpg/, imagelabels.mat, setid.mat")
     task = TaskData(
         name="flowers",
         kind="single",

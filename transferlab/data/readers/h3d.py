@@ -17,9 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from transferlab.data.base import Box, Split, TaskData
-from transferlab.data.readers._util import Problems, check_images_exist, find_under, read_lines
+from transferlab.data.readers._util import (
+    Problems,
+    check_images_exist,
+    find_under,
+    require_root,
+)
 from transferlab.data.tasks import TaskSpec, register
-from transferlab.errors import TransferlabError
 
 ATTRIBUTES = [
     "is_male", "has_long_hair", "has_glasses", "has_hat", "has_t-shirt",
@@ -31,22 +35,16 @@ def read_h3d(root: Path | None, *, problems: Problems | None = None, crop: bool 
     """Official split: train (4013 people) / test (4022 people). With ``crop`` (default) each
     person is cropped to its visible bounds, since an image may show other people too."""
     problems = problems if problems is not None else Problems()
-    if root is None:
-        raise TransferlabError(
-            "task h3d needs --root: the folder holding attributes_dataset/{train,test}/labels.txt"
-        )
-    base = find_under(Path(root), ["attributes_dataset"], "attributes_dataset/ folder")
+    root = require_root(root, "h3d", "the folder holding attributes_dataset/{train,test}/labels.txt")
+    base = find_under(root, ["attributes_dataset"], "attributes_dataset/ folder")
     task = TaskData(
         name="h3d", kind="attributes", classes=list(ATTRIBUTES), splits={}, root=str(base)
     )
     for split_name in ("train", "test"):
         list_file = base / split_name / "labels.txt"
-        try:
-            lines = read_lines(list_file)
-        except TransferlabError as exc:
-            problems.report(exc)
+        lines = problems.lines(list_file, task)
+        if lines is None:
             continue
-        task.source_files.append(str(list_file))
         paths: list[str] = []
         boxes: list[Box | None] = []
         rows: list[list[int]] = []

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from transferlab.data.base import Query, Split, TaskData
-from transferlab.data.readers._util import Problems, find_under, read_lines
+from transferlab.data.readers._util import Problems, find_under, require_root
 from transferlab.data.readers.oxford import MissingImages, reject_unknown_options
 from transferlab.data.tasks import TaskSpec, register
 from transferlab.errors import TransferlabError
@@ -34,9 +34,7 @@ def read_holidays(
     ``jpg_rotated``); the names, and so the ground truth, are the same."""
     reject_unknown_options("holidays", options, ["image_folder"])
     problems = problems if problems is not None else Problems()
-    if root is None:
-        raise TransferlabError("task holidays needs --root: the folder holding jpg/ (and eval_holidays/)")
-    root = Path(root)
+    root = require_root(root, "holidays", "the folder holding jpg/ (and eval_holidays/)")
     folder = find_under(root, [image_folder, f"holidays/{image_folder}"], f"Holidays image folder {image_folder}/")
     if not folder.is_dir():
         raise TransferlabError(f"holidays: {folder} is not a folder")
@@ -101,11 +99,7 @@ def _find_list_file(root: Path) -> Path | None:
 
 
 def _read_list(path: Path, problems: Problems) -> list[tuple[int, str]] | None:
-    try:
-        return read_lines(path)
-    except TransferlabError as exc:
-        problems.report(exc)
-        return None
+    return problems.lines(path)
 
 
 def _queries(ordered: list[int], paths: list[str], problems: Problems, source: Path) -> list[Query]:

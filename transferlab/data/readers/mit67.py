@@ -12,7 +12,12 @@ from pathlib import Path
 import numpy as np
 
 from transferlab.data.base import Split, TaskData
-from transferlab.data.readers._util import Problems, check_images_exist, find_under, read_lines
+from transferlab.data.readers._util import (
+    Problems,
+    check_images_exist,
+    find_under,
+    require_root,
+)
 from transferlab.data.tasks import TaskSpec, register
 from transferlab.errors import TransferlabError
 
@@ -22,22 +27,19 @@ LISTS = {"train": "TrainImages.txt", "test": "TestImages.txt"}
 def read_mit67(root: Path | None, *, problems: Problems | None = None) -> TaskData:
     """Official split: 5360 train / 1340 test images (about 80 / 20 per class)."""
     problems = problems if problems is not None else Problems()
-    if root is None:
-        raise TransferlabError(
-            "task mit67 needs --root: the folder holding Images/ and TrainImages.txt"
-        )
-    root = Path(root)
+    root = require_root(root, "mit67", "the folder holding Images/ and TrainImages.txt")
     images = find_under(root, ["Images", "indoorCVPR_09/Images"], "MIT67 image folder Images/")
     entries: dict[str, tuple[Path, list[tuple[str, str]]]] = {}
     task = TaskData(name="mit67", kind="single", classes=[], splits={}, root=str(root))
     for split_name, list_name in LISTS.items():
         try:
             list_file = find_under(root, [list_name], f"MIT67 list {list_name}")
-            lines = read_lines(list_file)
         except TransferlabError as exc:
             problems.report(exc)
             continue
-        task.source_files.append(str(list_file))
+        lines = problems.lines(list_file, task)
+        if lines is None:
+            continue
         rows = []
         for number, line in lines:
             rel = line.strip()

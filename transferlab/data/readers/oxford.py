@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from transferlab.data.base import Box, Query, Split, TaskData
-from transferlab.data.readers._util import Problems, read_lines
+from transferlab.data.readers._util import Problems, require_root
 from transferlab.data.tasks import TaskSpec, register
 from transferlab.errors import TransferlabError
 
@@ -232,10 +232,8 @@ def read_gt_dir(gt_dir: Path, problems: Problems, source_files: list[str]) -> li
 
 
 def _read_query_file(path: Path, problems: Problems) -> tuple[str, Box] | None:
-    try:
-        lines = read_lines(path)
-    except TransferlabError as exc:
-        problems.report(exc)
+    lines = problems.lines(path)
+    if lines is None:
         return None
     if len(lines) != 1:
         problems.annotation(path, f"expected one line '<image> x1 y1 x2 y2', found {len(lines)} lines")
@@ -252,10 +250,8 @@ def _read_query_file(path: Path, problems: Problems) -> tuple[str, Box] | None:
 
 
 def _read_list_file(path: Path, problems: Problems) -> list[tuple[str, int, Path]] | None:
-    try:
-        lines = read_lines(path)  # the good lists of Paris are empty files: that is valid
-    except TransferlabError as exc:
-        problems.report(exc)
+    lines = problems.lines(path)  # the good lists of Paris are empty files: that is valid
+    if lines is None:
         return None
     entries = []
     for number, line in lines:
@@ -337,9 +333,7 @@ def _count_note(task: str, data: TaskData, n_images: int, n_queries: int) -> str
 
 
 def _start(task: str, root: Path | None) -> Path:
-    if root is None:
-        raise TransferlabError(f"task {task} needs --root: the folder holding the extracted archives")
-    root = Path(root)
+    root = require_root(root, task, "the folder holding the extracted archives")
     if not root.is_dir():
         raise TransferlabError(f"task {task}: root folder {root} does not exist")
     return root

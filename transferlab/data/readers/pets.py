@@ -13,9 +13,13 @@ from pathlib import Path
 import numpy as np
 
 from transferlab.data.base import Split, TaskData
-from transferlab.data.readers._util import Problems, check_images_exist, find_under, read_lines
+from transferlab.data.readers._util import (
+    Problems,
+    check_images_exist,
+    find_under,
+    require_root,
+)
 from transferlab.data.tasks import TaskSpec, register
-from transferlab.errors import TransferlabError
 
 NUM_CLASSES = 37
 LISTS = {"train": "trainval.txt", "test": "test.txt"}
@@ -24,11 +28,7 @@ LISTS = {"train": "trainval.txt", "test": "test.txt"}
 def read_pets(root: Path | None, *, problems: Problems | None = None) -> TaskData:
     """Official split: trainval (3680) for training, test (3669) for testing; 37 breeds."""
     problems = problems if problems is not None else Problems()
-    if root is None:
-        raise TransferlabError(
-            "task pets needs --root: the folder holding images/ and annotations/"
-        )
-    root = Path(root)
+    root = require_root(root, "pets", "the folder holding images/ and annotations/")
     images = find_under(root, ["images"], "Pets image folder images/")
     annotations = find_under(root, ["annotations"], "Pets annotation folder annotations/")
     task = TaskData(
@@ -36,12 +36,9 @@ def read_pets(root: Path | None, *, problems: Problems | None = None) -> TaskDat
     )
     for split_name, list_name in LISTS.items():
         list_file = annotations / list_name
-        try:
-            lines = read_lines(list_file)
-        except TransferlabError as exc:
-            problems.report(exc)
+        lines = problems.lines(list_file, task)
+        if lines is None:
             continue
-        task.source_files.append(str(list_file))
         paths, labels = [], []
         for number, line in lines:
             if line.lstrip().startswith("#"):

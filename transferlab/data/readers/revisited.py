@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from transferlab.data.base import Box, Query, Split, TaskData
-from transferlab.data.readers._util import Problems, find_under
+from transferlab.data.readers._util import Problems, find_under, require_root
 from transferlab.data.readers.oxford import (
     MissingImages,
     index_images,
@@ -31,7 +31,7 @@ from transferlab.data.readers.oxford import (
     reject_unknown_options,
 )
 from transferlab.data.tasks import TaskSpec, register
-from transferlab.errors import AnnotationError, TransferlabError
+from transferlab.errors import AnnotationError
 
 OFFICIAL = {"roxford5k": (4993, 70), "rparis6k": (6322, 70)}
 GND_KEYS = ("easy", "hard", "junk")
@@ -164,9 +164,7 @@ def _read_revisited(
 ) -> TaskData:
     reject_unknown_options(task, options, ["allow_missing"])
     problems = problems if problems is not None else Problems()
-    if root is None:
-        raise TransferlabError(f"task {task} needs --root: the folder holding gnd_{task}.pkl and jpg/")
-    root = Path(root)
+    root = require_root(root, task, f"the folder holding gnd_{task}.pkl and jpg/")
     pkl_name = f"gnd_{task}.pkl"
     pkl = find_under(
         root, [pkl_name, f"{task}/{pkl_name}", f"data/datasets/{task}/{pkl_name}"], f"revisited ground truth {pkl_name}", max_depth=4

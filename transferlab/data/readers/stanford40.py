@@ -14,7 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from transferlab.data.base import Box, Split, TaskData
-from transferlab.data.readers._util import Problems, check_images_exist, find_under, read_lines
+from transferlab.data.readers._util import (
+    Problems,
+    check_images_exist,
+    find_under,
+    read_lines,
+    require_root,
+)
 from transferlab.data.readers.voc2012_actions import read_voc_objects
 from transferlab.data.tasks import TaskSpec, register
 from transferlab.errors import TransferlabError
@@ -25,11 +31,7 @@ def read_stanford40(
 ) -> TaskData:
     """Official split: 100 train images per action (4000), the rest (5532) for test."""
     problems = problems if problems is not None else Problems()
-    if root is None:
-        raise TransferlabError(
-            "task stanford40 needs --root: the folder holding ImageSplits/ and JPEGImages/"
-        )
-    root = Path(root)
+    root = require_root(root, "stanford40", "the folder holding ImageSplits/ and JPEGImages/")
     splits_dir = find_under(
         root, ["ImageSplits", "Stanford40/ImageSplits"], "Stanford40 ImageSplits/ folder"
     )
@@ -63,12 +65,9 @@ def read_stanford40(
         label_rows: list[int] = []
         for k, action in enumerate(task.classes):
             list_file = splits_dir / f"{action}_{split_name}.txt"
-            try:
-                lines = read_lines(list_file)
-            except TransferlabError as exc:
-                problems.report(exc)
+            lines = problems.lines(list_file, task)
+            if lines is None:
                 continue
-            task.source_files.append(str(list_file))
             before = len(names)
             for number, line in lines:
                 name = line.strip()

@@ -14,7 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from transferlab.data.base import Split, TaskData
-from transferlab.data.readers._util import Problems, check_images_exist, find_under, read_lines
+from transferlab.data.readers._util import (
+    Problems,
+    check_images_exist,
+    find_under,
+    read_lines,
+    require_root,
+)
 from transferlab.data.tasks import TaskSpec, register
 from transferlab.errors import TransferlabError
 
@@ -24,10 +30,7 @@ def read_sun397(
 ) -> TaskData:
     """Read one of the ten official train/test partitions (``partition`` 1..10)."""
     problems = problems if problems is not None else Problems()
-    if root is None:
-        raise TransferlabError(
-            "task sun397 needs --root: the folder holding SUN397/ and Partitions/"
-        )
+    root = require_root(root, "sun397", "the folder holding SUN397/ and Partitions/")
     if not isinstance(partition, int) or not 1 <= partition <= 10:
         raise TransferlabError(f"sun397: partition must be an integer 1..10, got {partition!r}")
     root = Path(root)
@@ -57,12 +60,9 @@ def read_sun397(
     entries: dict[str, tuple[Path, list[tuple[str, str]]]] = {}
     for split_name, prefix in (("train", "Training"), ("test", "Testing")):
         list_file = partitions / f"{prefix}_{partition:02d}.txt"
-        try:
-            lines = read_lines(list_file)
-        except TransferlabError as exc:
-            problems.report(exc)
+        lines = problems.lines(list_file, task)
+        if lines is None:
             continue
-        task.source_files.append(str(list_file))
         rows = []
         for number, line in lines:
             rel = line.strip()

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from transferlab.data.base import Split, TaskData
-from transferlab.data.readers._util import Problems, check_images_exist, find_under
+from transferlab.data.readers._util import Problems, check_images_exist, find_under, require_root
 from transferlab.data.readers.flowers import load_mat
 from transferlab.data.tasks import TaskSpec, register
 from transferlab.errors import AnnotationError, TransferlabError
@@ -45,10 +45,7 @@ def read_sun_attributes(
 ) -> TaskData:
     """Attributes with ``labels_cv >= 2/3`` are positive; a seeded per-category split."""
     problems = problems if problems is not None else Problems()
-    if root is None:
-        raise TransferlabError(
-            "task sun_attributes needs --root: the folder holding SUNAttributeDB/ and images/"
-        )
+    root = require_root(root, "sun_attributes", "the folder holding SUNAttributeDB/ and images/")
     if ambiguous not in ("negative", "ignore"):
         raise TransferlabError(
             f"sun_attributes: ambiguous must be 'negative' or 'ignore', got {ambiguous!r}"

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from transferlab.data.base import Query, Split, TaskData
-from transferlab.data.readers._util import Problems, find_under
+from transferlab.data.readers._util import Problems, find_under, require_root
 from transferlab.data.readers.oxford import MissingImages, reject_unknown_options
 from transferlab.data.tasks import TaskSpec, register
 from transferlab.errors import TransferlabError
@@ -35,9 +35,7 @@ def read_ukbench(
     if isinstance(n_images, bool) or not isinstance(n_images, int) or n_images <= 0 or n_images % GROUP:
         raise TransferlabError(f"ukbench: n_images must be a positive multiple of {GROUP}, got {n_images!r}")
     problems = problems if problems is not None else Problems()
-    if root is None:
-        raise TransferlabError("task ukbench needs --root: the folder holding full/ukbench00000.jpg ...")
-    root = Path(root)
+    root = require_root(root, "ukbench", "the folder holding full/ukbench00000.jpg ...")
     first = find_under(
         root, [f"full/{ukbench_name(0)}", ukbench_name(0)], f"UKBench image {ukbench_name(0)}", max_depth=4
     )

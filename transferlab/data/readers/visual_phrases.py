@@ -18,7 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from transferlab.data.base import Split, TaskData
-from transferlab.data.readers._util import Problems, check_images_exist, find_under, read_lines
+from transferlab.data.readers._util import (
+    Problems,
+    check_images_exist,
+    find_under,
+    read_lines,
+    require_root,
+)
 from transferlab.data.readers.flowers import load_mat
 from transferlab.data.readers.sun_attributes import cell_strings
 from transferlab.data.readers.voc2012_actions import read_voc_objects
@@ -39,8 +45,7 @@ def read_visual_phrases(
     """Image-level labels for every phrase tag (a tag with an underscore, except
     ``absolute_negatives``), or for the given ``phrases``."""
     problems = problems if problems is not None else Problems()
-    if root is None:
-        raise TransferlabError("task visual_phrases needs --root: the folder holding VOC3000/")
+    root = require_root(root, "visual_phrases", "the folder holding VOC3000/")
     if not 0 < train_fraction < 1:
         raise TransferlabError(
             f"visual_phrases: train_fraction must be in (0, 1), got {train_fraction!r}"

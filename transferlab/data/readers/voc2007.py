@@ -12,7 +12,13 @@ from pathlib import Path
 import numpy as np
 
 from transferlab.data.base import Split, TaskData
-from transferlab.data.readers._util import Problems, check_images_exist, find_under, read_lines
+from transferlab.data.readers._util import (
+    Problems,
+    check_images_exist,
+    find_under,
+    read_lines,
+    require_root,
+)
 from transferlab.data.tasks import TaskSpec, register
 from transferlab.errors import TransferlabError
 
@@ -29,9 +35,7 @@ def read_voc2007(
     """Train on ``trainval`` and test on ``test`` (the paper's protocol); with ``use_val``
     the splits are ``train`` / ``val`` / ``test`` instead, for choosing hyper-parameters."""
     problems = problems if problems is not None else Problems()
-    if root is None:
-        raise TransferlabError("task voc2007 needs --root: the folder holding VOCdevkit/VOC2007")
-    root = Path(root)
+    root = require_root(root, "voc2007", "the folder holding VOCdevkit/VOC2007")
     voc = (
         root
         if (root / "ImageSets" / "Main").is_dir()

@@ -20,7 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from transferlab.data.base import Box, Split, TaskData
-from transferlab.data.readers._util import Problems, check_images_exist, find_under, read_lines
+from transferlab.data.readers._util import (
+    Problems,
+    check_images_exist,
+    find_under,
+    require_root,
+)
 from transferlab.data.tasks import TaskSpec, register
 from transferlab.errors import AnnotationError, TransferlabError
 
@@ -86,11 +91,7 @@ def read_voc_objects(path: Path, one_based: bool = True) -> list[VocObject]:
 def read_voc2012_actions(root: Path | None, *, problems: Problems | None = None) -> TaskData:
     """One sample per annotated person: train = the ``train`` lists, test = the ``val`` lists."""
     problems = problems if problems is not None else Problems()
-    if root is None:
-        raise TransferlabError(
-            "task voc2012_actions needs --root: the folder holding VOCdevkit/VOC2012"
-        )
-    root = Path(root)
+    root = require_root(root, "voc2012_actions", "the folder holding VOCdevkit/VOC2012")
     voc = (
         root
         if (root / "ImageSets" / "Action").is_dir()
@@ -109,12 +110,9 @@ def read_voc2012_actions(root: Path | None, *, problems: Problems | None = None)
         where: dict[tuple[str, int], tuple[Path, int]] = {}
         for k, action in enumerate(ACTIONS):
             list_file = action_dir / f"{action}_{set_name}.txt"
-            try:
-                lines = read_lines(list_file)
-            except TransferlabError as exc:
-                problems.report(exc)
+            lines = problems.lines(list_file, task)
+            if lines is None:
                 continue
-            task.source_files.append(str(list_file))
             for number, line in lines:
                 parts = line.split()
                 if len(parts) != 3 or not parts[1].isdigit() or parts[2] not in ("1", "-1", "0"):
