@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from transferlab.atomic import atomic_write_text
 from transferlab.heads.retrieval import rank, resolve_device, spatial_search_distances
 
 RESULTS = Path(__file__).resolve().parent / "results" / "retrieval.json"
@@ -37,12 +37,7 @@ def _best_of(repeat: int, fn: Any) -> float:
 
 
 def _write_atomic(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(payload, fh, indent=2)
-        fh.write("\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
 
 
 def main() -> int:

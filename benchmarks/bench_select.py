@@ -24,7 +24,6 @@ import json
 import math
 import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ from transferlab.analysis.select import (
     probe_candidates,
     score_candidates,
 )
+from transferlab.atomic import atomic_write_text
 from transferlab.data.tasks import get_task, load_task
 from transferlab.features.store import FeatureStore
 from transferlab.study.config import ProbeConfig
@@ -48,12 +48,7 @@ SCORES = ("logme", "knn", "hscore")
 
 
 def _write_atomic(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(payload, fh, indent=2, default=lambda o: None if isinstance(o, float) and math.isnan(o) else str(o))
-        fh.write("\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(payload, indent=2, default=lambda o: None if isinstance(o, float) and math.isnan(o) else str(o)) + "\n")
 
 
 def _clean(value: Any) -> Any:

@@ -87,7 +87,7 @@ def test_killed_extraction_resumes_with_missing_shards_only(lite0, photo_dir, st
     assert resumed.get("features", "avg").shape == (5, 1280)
     full = extract(lite0, split, layers, ["avg"], store=type(store)(store.root.parent / "fresh"), progress=False)
     assert np.allclose(resumed.get("blocks.6", "avg"), full.get("blocks.6", "avg"), atol=1e-5)
-    assert not list(store.root.rglob(".tmp-*"))
+    assert not list(store.root.rglob(".*.tmp-*"))
 
 
 def test_bad_image_skip_lists_it(lite0, photo_dir, store, tmp_path):

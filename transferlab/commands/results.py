@@ -29,7 +29,8 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
 
 
 def run(args: argparse.Namespace) -> int:
-    from transferlab.study.results import ResultStore, write_text_atomic
+    from transferlab.atomic import atomic_write_text
+    from transferlab.study.results import ResultStore
 
     with ResultStore(args.run_dir, create=False) as store:
         if args.csv is not None:
@@ -39,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
             if args.csv == "-":
                 sys.stdout.write(text)
             else:
-                write_text_atomic(args.csv, text)
+                atomic_write_text(args.csv, text)
                 print(f"wrote {len(store.rows(args.task))} results to {args.csv}", file=sys.stderr)
             if not args.json:
                 return 0

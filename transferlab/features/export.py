@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 
 from transferlab import __version__
+from transferlab.atomic import atomic_save_npy, atomic_write_text
 from transferlab.data.base import TaskData, image_splits, label_text
 from transferlab.errors import TransferlabError
 from transferlab.features.extract import SplitFeatures, extract
 from transferlab.features.pooling import pooled_shape
-from transferlab.features.store import FeatureStore, atomic_save_npy, atomic_write_text
+from transferlab.features.store import FeatureStore
 from transferlab.sources.base import Layer, Source
 
 

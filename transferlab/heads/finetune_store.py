@@ -16,15 +16,18 @@ Every file is written to a temp file in ``OUT`` and moved into place with ``os.r
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from transferlab.atomic import (
+    atomic_write,
+    atomic_write_bytes,
+    atomic_write_text,
+    stale_temporaries,
+)
 from transferlab.errors import AnnotationError, TransferlabError
 from transferlab.sources.base import FEATURES_OUTPUT, Source, named_module
 from transferlab.sources.preprocessing import Preprocessing
@@ -42,25 +45,10 @@ RESUMABLE_SETTINGS = ("epochs",)
 
 
 # ------------------------------------------------------------------------------ atomic io
-def _atomic(path: Path, write: Callable[[str], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def remove_stale_temps(out: Path) -> None:
     """Delete temp files left in ``out`` by a killed run (one run per folder at a time)."""
     for name in (CHECKPOINT, MODEL_FILE, HEADS_FILE, META_FILE):
-        for tmp in out.glob(f".{name}.tmp-*"):
+        for tmp in stale_temporaries(out, name):
             tmp.unlink(missing_ok=True)
 
 
@@ -70,20 +58,13 @@ def cpu_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def save_safetensors(path: Path, state: dict[str, torch.Tensor]) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    tensors = cpu_state(state)
-    _atomic(path, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    atomic_write_bytes(path, save(cpu_state(state), metadata={"format": "pt"}))
 
 
 def write_json(path: Path, payload: dict) -> None:
-    text = json.dumps(payload, indent=2, default=_json_default) + "\n"
-
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
-
-    _atomic(path, write)
+    atomic_write_text(path, json.dumps(payload, indent=2, default=_json_default) + "\n")
 
 
 def _json_default(obj: Any) -> Any:
@@ -101,7 +82,7 @@ def _json_default(obj: Any) -> Any:
 # ------------------------------------------------------------------------------ checkpoint
 def save_checkpoint(path: Path, payload: dict) -> None:
     payload = {"format": CHECKPOINT_FORMAT, "version": VERSION, **payload}
-    _atomic(path, lambda tmp: torch.save(payload, tmp))
+    atomic_write(path, lambda handle: torch.save(payload, handle))
 
 
 def load_checkpoint(path: Path) -> dict:

@@ -47,7 +47,8 @@ esc = html.escape
 
 def build_report(run_dir: str | Path) -> Path:
     """Write ``RUN_DIR/report.html`` and ``RUN_DIR/results.csv`` from the run's ResultStore."""
-    from transferlab.study.results import ResultStore, write_text_atomic
+    from transferlab.atomic import atomic_write_text
+    from transferlab.study.results import ResultStore
 
     run_dir = Path(run_dir)
     with ResultStore(run_dir, create=False) as store:
@@ -56,7 +57,7 @@ def build_report(run_dir: str | Path) -> Path:
             raise TransferlabError(f"{run_dir}: the study has no results yet; nothing to report")
         store.to_csv(run_dir / CSV_NAME)
     page = render_report(rows, meta, title_fallback=run_dir.resolve().name)
-    return write_text_atomic(run_dir / REPORT_NAME, page)
+    return atomic_write_text(run_dir / REPORT_NAME, page)
 
 
 def render_report(rows: list[dict[str, Any]], meta: dict[str, Any], *, title_fallback: str = "study") -> str:

@@ -35,9 +35,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import math
-import os
 import sys
-import tempfile
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +45,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from transferlab.atomic import atomic_write
 from transferlab.errors import BadImageError, TransferlabError
 from transferlab.sources.base import FEATURES_OUTPUT, Source
 from transferlab.sources.preprocessing import Preprocessing
@@ -234,7 +233,7 @@ class Codebook:
         arrays["recipe"] = np.array(RECIPE)
         arrays["images"] = np.array([str(v) for v in self.info.get("images", [])])
         arrays["n_descriptors"] = np.array(int(self.info.get("n_descriptors", 0)))
-        _atomic_savez(path, arrays)
+        atomic_write(path, lambda handle: np.savez(handle, **arrays))
         return path
 
     @classmethod
@@ -275,19 +274,6 @@ class Codebook:
                 raise TransferlabError(f"{where}: codebook key {key!r} has non-finite values")
         if np.any(self.variances <= 0) or np.any(self.weights <= 0):
             raise TransferlabError(f"{where}: codebook has non-positive GMM weights or variances")
-
-
-def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def learn_codebook(descriptors: np.ndarray, n_components: int = GMM_COMPONENTS, pca_dim: int = PCA_DIM,

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from transferlab.atomic import atomic_write, atomic_write_bytes, atomic_write_text
 from transferlab.data.base import Split, TaskData
 from transferlab.errors import BadImageError, TransferlabError
 from transferlab.sources.architectures import (
@@ -561,21 +562,10 @@ def evaluate(model: nn.Module, images, labels: np.ndarray, mean: torch.Tensor, s
 
 
 # ------------------------------------------------------------------------------ files
-def _atomic_write_bytes(path: Path, writer: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        writer(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _save_weights(state: dict[str, torch.Tensor], path: Path, out: Path) -> str:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    _atomic_write_bytes(path, lambda tmp: save_file(state, str(tmp)))
+    atomic_write_bytes(path, save(state))
     return str(path.relative_to(out))
 
 
@@ -589,7 +579,7 @@ def _save_checkpoint(out: Path, epoch: int, settings: dict, state: dict, optimiz
     }
     payload = {"format": FORMAT, "version": FORMAT_VERSION, "epoch": epoch, "settings": settings,
                "model": state, "optimizer": optim_state, "history": history}
-    _atomic_write_bytes(out / "checkpoint.pt", lambda tmp: torch.save(payload, tmp))
+    atomic_write(out / "checkpoint.pt", lambda handle: torch.save(payload, handle))
 
 
 def _read_checkpoint(out: Path, settings: dict) -> dict | None:
@@ -670,7 +660,7 @@ def _write_source_json(out: Path, meta: dict, record: TrainRecord) -> None:
         "training": record.to_dict(),
     }
     text = json.dumps(payload, indent=2)
-    _atomic_write_bytes(out / "source.json", lambda tmp: tmp.write_text(text + "\n"))
+    atomic_write_text(out / "source.json", text + "\n")
 
 
 def _read_json(path: Path) -> dict | None:

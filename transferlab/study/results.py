@@ -21,7 +21,6 @@ import math
 import os
 import sqlite3
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -30,6 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from transferlab.atomic import atomic_write_text
 from transferlab.errors import TransferlabError
 
 SCHEMA_VERSION = 1
@@ -186,35 +186,6 @@ def _iso(timestamp: float | None) -> str | None:
     if timestamp is None:
         return None
     return datetime.fromtimestamp(timestamp, tz=timezone.utc).isoformat(timespec="seconds")
-
-
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write a whole file so readers see the old or the new content, never half of it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def _umask() -> int:
-    """The process umask, read without changing it (Linux), else the common 022."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    return 0o022
 
 
 class ResultStore:
@@ -387,7 +358,7 @@ class ResultStore:
         """All results as a JSON list (written atomically to ``path`` if given)."""
         text = json.dumps(self.export_rows(), indent=2, allow_nan=False) + "\n"
         if path is not None:
-            write_text_atomic(path, text)
+            atomic_write_text(path, text)
         return text
 
     def to_csv(self, path: str | Path | None = None) -> str:
@@ -422,7 +393,7 @@ class ResultStore:
             )  # fmt: skip
         text = buffer.getvalue()
         if path is not None:
-            write_text_atomic(path, text)
+            atomic_write_text(path, text)
         return text
 
     # ------------------------------------------------------------------ metadata
