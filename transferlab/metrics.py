@@ -218,15 +218,18 @@ def _column(metric: Callable[[np.ndarray, np.ndarray], float], s: np.ndarray, y:
 
 
 def _mean_over_columns(values: list[float], what: str) -> float:
+    return mean_leaving_out_nan(
+        values, lambda n, total, which: f"{n} of {total} columns left out of the mean {what} "
+        f"(no positive or no negative example): columns {which}")
+
+
+def mean_leaving_out_nan(values, message: Callable[[int, int, list[int]], str]) -> float:
+    """Mean of the non-nan values, with a ``MetricWarning`` saying (via ``message(count,
+    total, first_ten_indices)``) what was left out; nan when everything was."""
     arr = np.asarray(values, dtype=np.float64)
     skipped = np.flatnonzero(np.isnan(arr))
     if len(skipped):
-        warnings.warn(
-            f"{len(skipped)} of {len(arr)} columns left out of the mean {what} "
-            f"(no positive or no negative example): columns {skipped[:10].tolist()}",
-            MetricWarning,
-            stacklevel=3,
-        )
+        warnings.warn(message(len(skipped), len(arr), skipped[:10].tolist()), MetricWarning, stacklevel=4)
     if len(skipped) == len(arr):
         return float("nan")
     return float(np.nanmean(arr))
@@ -434,17 +437,9 @@ def retrieval_aps(
 def mean_over_queries(aps: np.ndarray, what: str = "the mAP") -> float:
     """Mean of per-query values, leaving out nan (queries without positives) with a
     ``MetricWarning``, as revisitop's compute_map does; nan if every query is left out."""
-    empty = np.flatnonzero(np.isnan(aps))
-    if len(empty):
-        warnings.warn(
-            f"{len(empty)} of {len(aps)} queries have no positive and are left out of {what} "
-            f"(queries {empty[:10].tolist()})",
-            MetricWarning,
-            stacklevel=3,
-        )
-    if len(empty) == len(aps):
-        return float("nan")
-    return float(np.nanmean(aps))
+    return mean_leaving_out_nan(
+        aps, lambda n, total, which: f"{n} of {total} queries have no positive and are left out "
+        f"of {what} (queries {which})")
 
 
 def mean_retrieval_ap(
