@@ -12,6 +12,7 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as F
 
+from transferlab.data.base import image_splits
 from transferlab.errors import BadImageError
 from transferlab.features import images
 from transferlab.features.extract import extract
@@ -139,3 +140,79 @@ def test_in_memory_jpeg_bytes_roundtrip():
     decoded = images._decode_jpeg(buffer.getvalue())
     assert decoded is not None
     assert np.array_equal(np.asarray(decoded), np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")))
+
+
+# ----------------------------------------------------------------------- --jpeg-draft
+@pytest.fixture(scope="module")
+def big_jpeg(tmp_path_factory, photo_dir):
+    """A 2048x1536 photo: libjpeg can decode it at 1/4 scale and keep a short side >= 256."""
+    path = tmp_path_factory.mktemp("big") / "big.jpg"
+    Image.open(photo_dir / "chelsea.jpg").convert("RGB").resize((2048, 1536), Image.Resampling.BICUBIC).save(
+        path, quality=92)
+    return path
+
+
+def test_jpeg_draft_decodes_large_photos_reduced_but_not_below_the_target(big_jpeg):
+    pre = Preprocessing()  # resize short side to 256
+    reduced = read_image(str(big_jpeg), draft_short_side=pre.resize_size)
+    assert reduced.size == (512, 384)  # 1/4: 1/8 would give a short side of 192 < 256
+    full = pre.to_pixels(read_image(str(big_jpeg))).astype(int)
+    fast = pre.to_pixels(reduced).astype(int)
+    assert np.abs(full - fast).mean() < 2.0  # DCT-domain scaling vs resampling: ~1/255 off
+    assert np.abs(full - fast).max() < 64
+
+
+def test_jpeg_draft_with_a_box_keeps_the_box_region(big_jpeg):
+    pre = Preprocessing()
+    box = (400.0, 300.0, 1700.0, 1300.0)  # 1300 x 1000 original pixels: 1/2 scale keeps 500 >= 256
+    reduced = read_image(str(big_jpeg), box, draft_short_side=pre.resize_size)
+    assert reduced.size == (650, 500)
+    full = pre.to_pixels(read_image(str(big_jpeg), box)).astype(int)
+    assert np.abs(full - pre.to_pixels(reduced).astype(int)).mean() < 2.0
+
+
+def test_jpeg_draft_changes_nothing_on_small_jpegs_and_other_formats(photo_dir, tmp_path):
+    small = photo_dir / "coffee.jpg"  # 400 x 300: no 1/2 scale keeps 256
+    assert np.array_equal(np.asarray(read_image(str(small), draft_short_side=256)), pil_rgb(small))
+    png = tmp_path / "big.png"
+    Image.open(photo_dir / "coffee.jpg").convert("RGB").resize((1600, 1200)).save(png)
+    assert read_image(str(png), draft_short_side=256).size == (1600, 1200)
+
+
+def test_jpeg_draft_features_are_stored_apart_and_named_in_the_manifest(big_jpeg, photo_dir, tmp_path, capsys):
+    import json
+
+    from transferlab.cli import main
+
+    data = tmp_path / "data"
+    for split in ("train", "test"):
+        for label, source in (("cat", big_jpeg), ("cup", photo_dir / "coffee.jpg")):
+            (data / split / label).mkdir(parents=True)
+            (data / split / label / f"{label}.jpg").write_bytes(source.read_bytes())
+    base = ["extract", "--source", "timm:resnet18", "--weights", "none", "--data", str(data), "--layers", "-1",
+            "--pool", "avg", "--cache", str(tmp_path / "cache"), "--no-progress", "--json"]
+
+    def run(*extra):
+        assert main(base + list(extra) + ["--out", str(tmp_path / "out")]) == 0
+        manifest = json.loads(capsys.readouterr().out)
+        full_rows = np.load(tmp_path / "out" / "train" / "features__avg.npy")
+        return manifest, full_rows
+
+    plain, plain_rows = run()
+    draft, draft_rows = run("--jpeg-draft")
+    assert plain["pixels"].endswith("resample-v1") and draft["pixels"] == plain["pixels"] + "+jpeg-draft"
+    # the big photo's features moved a little; the small one's not at all
+    assert not np.array_equal(plain_rows[0], draft_rows[0])
+    assert np.allclose(plain_rows[1], draft_rows[1], atol=1e-6)
+    # a rerun of either is free: both entries are in the store, side by side
+    from transferlab.data.generic import load_dataset
+    from transferlab.features.store import FeatureStore
+    from transferlab.sources import load_source
+
+    source = load_source("timm:resnet18", "none")
+    split = image_splits(load_dataset(str(data)))["train"]
+    store = FeatureStore(tmp_path / "cache")
+    for draft in (False, True):
+        again = extract(source, split, source.resolve_layers([-1]), ["avg"], store=store, progress=False,
+                        jpeg_draft=draft)
+        assert again.forwarded_images == 0

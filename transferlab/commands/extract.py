@@ -44,6 +44,9 @@ def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--on-bad-image", choices=["error", "skip"], default="error",
                    help="unreadable image: stop with its name, or skip it and list it in the manifest")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--jpeg-draft", action="store_true",
+                   help="decode large JPEGs at 1/2-1/8 scale, never below the resize target: several "
+                        "times faster on big photos, pixels ~1/255 off a full decode (stored apart)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         source, task, layers=parse_csv_list(args.layers), poolings=parse_csv_list(args.pool),
         views=parse_csv_list(args.views), splits=parse_csv_list(args.splits) if args.splits else None,
         store=store, device=args.device, batch_size=args.batch_size, num_workers=args.workers,
-        on_bad_image=args.on_bad_image, progress=not args.no_progress,
+        on_bad_image=args.on_bad_image, progress=not args.no_progress, jpeg_draft=args.jpeg_draft,
     )
     manifest = export_features(source, task, extracted, args.out) if args.out else extracted.manifest(source, task)
     if args.json:

@@ -69,7 +69,8 @@ def task_and_features(args: argparse.Namespace, layer, pooling: str, views: list
         source = load_source(spec, args.weights if len(members) == 1 else None)
         parts.append(extract_task(source, task, [layer], [pooling], views, store=store, device=args.device,
                                   batch_size=args.batch_size, num_workers=args.workers,
-                                  on_bad_image=args.on_bad_image, progress=not args.no_progress))
+                                  on_bad_image=args.on_bad_image, progress=not args.no_progress,
+                                  jpeg_draft=args.jpeg_draft))
     return task, FeatureSource(parts)
 
 

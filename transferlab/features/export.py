@@ -45,6 +45,7 @@ class TaskFeatures:
             "arch": source.arch,
             "weights": source.weights_id,
             "preprocessing": source.preprocessing.to_dict(),
+            "pixels": self.pixel_recipe(),
             "task": task.name,
             "layers": [layer.to_dict() for layer in self.layers],
             "poolings": self.poolings,
@@ -53,6 +54,14 @@ class TaskFeatures:
             "splits": {name: int(len(feats.kept)) for name, feats in self.splits.items()},
             "skipped": skipped,
         }
+
+
+    def pixel_recipe(self) -> str | None:
+        """How images became pixels (decoder and resampling), as recorded in the store key."""
+        for feats in self.splits.values():
+            for key in feats.keys.values():
+                return json.loads(key.preprocessing).get("pixels")
+        return None
 
 
 def _paths(task: TaskData, split: str) -> list[str]:

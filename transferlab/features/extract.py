@@ -59,10 +59,12 @@ class SplitFeatures:
         return np.flatnonzero(mask)
 
 
-def group_keys(source: Source, paths: Sequence[str], boxes, views: Sequence[str]) -> dict[str, GroupKey]:
+def group_keys(source: Source, paths: Sequence[str], boxes, views: Sequence[str],
+               jpeg_draft: bool = False) -> dict[str, GroupKey]:
     fingerprint = dataset_fingerprint(paths, boxes)
-    # the pixel recipe is part of the identity: rows from an older resampling never mix in
-    pre = json.dumps({**source.preprocessing.to_dict(), "pixels": PIXEL_RECIPE}, sort_keys=True)
+    # the pixel recipe is part of the identity: rows decoded or resampled another way never mix
+    recipe = PIXEL_RECIPE + ("+jpeg-draft" if jpeg_draft else "")
+    pre = json.dumps({**source.preprocessing.to_dict(), "pixels": recipe}, sort_keys=True)
     return {
         view: GroupKey(source.name, source.weights_id, pre, view, fingerprint, len(paths))
         for view in views
@@ -82,9 +84,11 @@ def extract(
     on_bad_image: str = "error",
     progress: bool = True,
     desc: str | None = None,
+    jpeg_draft: bool = False,
 ) -> SplitFeatures:
     """Fill the store with every (layer, pooling, view) of ``split``; one forward per image
-    and view, only for shards not already on disk."""
+    and view, only for shards not already on disk. ``jpeg_draft`` decodes large JPEGs at a
+    reduced scale (``features.images.read_image``), stored apart from full decodes."""
     store = store or FeatureStore()
     poolings = [validate_pooling(p) for p in poolings]
     for view in views:
@@ -99,7 +103,7 @@ def extract(
     if not wanted:
         raise TransferlabError("no (layer, pooling) pair applies: vector layers take only avg/max")
     outputs = [output_name(layer.name, p) for layer, p in wanted]
-    keys = group_keys(source, split.paths, split.boxes, views)
+    keys = group_keys(source, split.paths, split.boxes, views, jpeg_draft)
     todo: dict[int, set[str]] = {}
     for key in keys.values():
         for shard, missing in store.missing(key, outputs).items():
@@ -108,7 +112,7 @@ def extract(
     if todo:
         start = time.perf_counter()
         result.forwarded_images = _run(source, split, wanted, windows, views, keys, store, todo, device,
-                                       batch_size, num_workers, on_bad_image, progress, desc)
+                                       batch_size, num_workers, on_bad_image, progress, desc, jpeg_draft)
         result.seconds = time.perf_counter() - start
     first = next(iter(keys.values()))
     result.bad = store.bad_indices(first)
@@ -123,7 +127,7 @@ def _pool_applies(layer: Layer, pooling: str) -> bool:
 
 
 def _run(source, split, wanted, windows, views, keys, store, todo, device, batch_size, num_workers,
-         on_bad_image, progress, desc) -> int:
+         on_bad_image, progress, desc, jpeg_draft) -> int:
     from tqdm.auto import tqdm
 
     dev = resolve_device(device)
@@ -132,7 +136,7 @@ def _run(source, split, wanted, windows, views, keys, store, todo, device, batch
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     indices = [i for shard in sorted(todo) for i in range(*store.shard_range(keys[views[0]], shard))]
-    dataset = ImageListDataset(split.paths, split.boxes, source.preprocessing, indices)
+    dataset = ImageListDataset(split.paths, split.boxes, source.preprocessing, indices, jpeg_draft)
     workers = extraction_workers(dev) if num_workers is None else num_workers
     batches = image_batches(dataset, batch_size, workers, pin_memory=dev.type == "cuda")
     for key in keys.values():

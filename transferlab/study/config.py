@@ -155,6 +155,7 @@ class Execution(_Strict):
     device: str = "auto"
     seed: int = 0
     on_bad_image: Literal["error", "skip"] = "error"
+    jpeg_draft: bool = False  # reduced-scale JPEG decoding (features.images.read_image)
 
 
 class StudyConfig(_Strict):
