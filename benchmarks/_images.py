@@ -10,7 +10,7 @@ from PIL import Image
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field")
 
 
-def write_jpegs(folder: Path, count: int, seed: int = 0) -> list[Path]:
+def write_jpegs(folder: Path, count: int, seed: int = 0, size: tuple[int, int] = (500, 375)) -> list[Path]:
     from skimage import data
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -22,7 +22,7 @@ def write_jpegs(folder: Path, count: int, seed: int = 0) -> list[Path]:
         w, h = photo.size
         cw, ch = int(w * rng.uniform(0.6, 1.0)), int(h * rng.uniform(0.6, 1.0))
         x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-        image = photo.crop((x, y, x + cw, y + ch)).resize((500, 375), Image.BICUBIC)
+        image = photo.crop((x, y, x + cw, y + ch)).resize(size, Image.BICUBIC)
         path = folder / f"img_{i:05d}.jpg"
         image.save(path, quality=90)
         paths.append(path)
