@@ -216,3 +216,21 @@ def test_jpeg_draft_features_are_stored_apart_and_named_in_the_manifest(big_jpeg
         again = extract(source, split, source.resolve_layers([-1]), ["avg"], store=store, progress=False,
                         jpeg_draft=draft)
         assert again.forwarded_images == 0
+
+
+def test_decode_hint_only_when_decoding_dominated_a_long_run():
+    from transferlab.features.extract import decode_hint
+
+    assert decode_hint(decode_seconds=40, seconds=100, jpeg_draft=False).startswith("note: 40% of 100 s")
+    assert decode_hint(decode_seconds=20, seconds=100, jpeg_draft=False) is None  # forward-bound
+    assert decode_hint(decode_seconds=8, seconds=10, jpeg_draft=False) is None  # too short to matter
+    assert decode_hint(decode_seconds=60, seconds=100, jpeg_draft=True) is None  # already on
+
+
+def test_extraction_reports_time_spent_waiting_for_images(lite0, photo_dir, store):
+    from transferlab.data.base import Split
+
+    paths = [str(p) for p in sorted(photo_dir.glob("*.jpg"))]
+    feats = extract(lite0, Split("t", paths, np.zeros(len(paths), dtype=np.int64)), lite0.resolve_layers([-1]),
+                    ["avg"], store=store, progress=False)
+    assert 0 < feats.decode_seconds < feats.seconds

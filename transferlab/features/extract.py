@@ -43,6 +43,7 @@ class SplitFeatures:
     bad_reasons: dict[int, str] = field(default_factory=dict)
     forwarded_images: int = 0
     seconds: float = 0.0
+    decode_seconds: float = 0.0  # of ``seconds``, waiting for decoded batches
 
     def get(self, layer: Layer | str, pooling: str, view: str = "orig") -> np.ndarray:
         name = layer.name if isinstance(layer, Layer) else layer
@@ -111,9 +112,13 @@ def extract(
     result = SplitFeatures(store, keys, list(layers), list(poolings))
     if todo:
         start = time.perf_counter()
-        result.forwarded_images = _run(source, split, wanted, windows, views, keys, store, todo, device,
-                                       batch_size, num_workers, on_bad_image, progress, desc, jpeg_draft)
+        result.forwarded_images, result.decode_seconds = _run(
+            source, split, wanted, windows, views, keys, store, todo, device, batch_size, num_workers,
+            on_bad_image, progress, desc, jpeg_draft)
         result.seconds = time.perf_counter() - start
+        hint = decode_hint(result.decode_seconds, result.seconds, jpeg_draft)
+        if hint and progress:
+            print(hint, file=sys.stderr)
     first = next(iter(keys.values()))
     result.bad = store.bad_indices(first)
     if result.bad and on_bad_image == "error":
@@ -126,8 +131,16 @@ def _pool_applies(layer: Layer, pooling: str) -> bool:
     return layer.spatial or pooling in ("avg", "max")
 
 
+def decode_hint(decode_seconds: float, seconds: float, jpeg_draft: bool) -> str | None:
+    """A one-line suggestion when waiting for decoded images dominated a long extraction."""
+    if jpeg_draft or seconds < 20 or decode_seconds < 0.3 * seconds:
+        return None
+    return (f"note: {decode_seconds / seconds:.0%} of {seconds:.0f} s went to decoding images; for large "
+            "JPEG photos --jpeg-draft (study: execution.jpeg_draft) decodes at reduced scale, 2-5x faster")
+
+
 def _run(source, split, wanted, windows, views, keys, store, todo, device, batch_size, num_workers,
-         on_bad_image, progress, desc, jpeg_draft) -> int:
+         on_bad_image, progress, desc, jpeg_draft) -> tuple[int, float]:
     from tqdm.auto import tqdm
 
     dev = resolve_device(device)
@@ -138,7 +151,8 @@ def _run(source, split, wanted, windows, views, keys, store, todo, device, batch
     indices = [i for shard in sorted(todo) for i in range(*store.shard_range(keys[views[0]], shard))]
     dataset = ImageListDataset(split.paths, split.boxes, source.preprocessing, indices, jpeg_draft)
     workers = extraction_workers(dev) if num_workers is None else num_workers
-    batches = image_batches(dataset, batch_size, workers, pin_memory=dev.type == "cuda")
+    waited = [0.0]
+    batches = _timed(image_batches(dataset, batch_size, workers, pin_memory=dev.type == "cuda"), waited)
     for key in keys.values():
         store.write_meta(key, {"source": source.name, "arch": source.arch, "split": split.name,
                                "n_images": len(split), "first_path": split.paths[0]})
@@ -190,7 +204,20 @@ def _run(source, split, wanted, windows, views, keys, store, todo, device, batch
         pooled.close()
         if channels_last:
             source.model.to(memory_format=torch.contiguous_format)
-    return len(indices)
+    return len(indices), waited[0]
+
+
+def _timed(iterable, waited: list[float]):
+    """Yield from ``iterable``, adding the seconds spent waiting for each item to waited[0]."""
+    iterator = iter(iterable)
+    while True:
+        start = time.perf_counter()
+        try:
+            item = next(iterator)
+        except StopIteration:
+            return
+        waited[0] += time.perf_counter() - start
+        yield item
 
 
 class PooledForward:
