@@ -15,6 +15,7 @@ from transferlab.data.base import Split
 from transferlab.errors import BadImageError
 from transferlab.features import store as store_module
 from transferlab.features.extract import extract
+from transferlab.features.store import FeatureStore
 
 
 def make_split(paths) -> Split:
@@ -153,3 +154,40 @@ def test_cli_extract_bad_options_one_line(photo_dir, tmp_path, capsys, extra, me
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+
+
+def test_compiled_extraction_matches_eager_and_pads_the_last_batch(photo_dir, tmp_path, capsys, monkeypatch):
+    from transferlab.sources import load_source
+
+    source = load_source("timm:test_efficientnet", "none")  # a tiny net: compiles in seconds
+    split = make_split(sorted(photo_dir.glob("*.jpg")))  # 5 images, batch 4: last batch padded
+    layers = source.resolve_layers([-1, -2])
+    eager = extract(source, split, layers, ["avg", "grid2"], store=FeatureStore(tmp_path / "a"), progress=False,
+                    batch_size=4)
+    shapes = []
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(
+        lambda batch: shapes.append(tuple(batch.shape)) or fn(batch), **kw))
+    compiled = extract(source, split, layers, ["avg", "grid2"], store=FeatureStore(tmp_path / "b"),
+                       progress=False, batch_size=4, compile_model=True)
+    assert compiled.forwarded_images == 5
+    assert "torch.compile failed" not in capsys.readouterr().err  # really compiled, no fallback
+    assert shapes and {s[0] for s in shapes} == {4}  # the last batch of 1 was padded to 4
+    for layer in layers:
+        for p in ("avg", "grid2"):
+            assert np.allclose(eager.get(layer, p), compiled.get(layer, p), atol=1e-4)
+
+
+def test_compile_failure_falls_back_to_eager_with_a_note(lite0, photo_dir, store, monkeypatch, capsys):
+    def broken_compile(fn, **_):
+        def run(batch):
+            raise RuntimeError("InductorError: no C++ compiler found\ndetails")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    split = make_split(sorted(photo_dir.glob("*.jpg"))[:3])
+    feats = extract(lite0, split, lite0.resolve_layers([-1]), ["avg"], store=store, progress=False,
+                    batch_size=2, compile_model=True)
+    assert feats.get("features", "avg").shape == (3, 1280)
+    err = capsys.readouterr().err
+    assert err.count("torch.compile failed (InductorError: no C++ compiler found)") == 1

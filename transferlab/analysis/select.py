@@ -148,7 +148,7 @@ def extract_sources(
     task: TaskData, sources: Sequence[str], layers: Sequence[int | str], poolings: Sequence[str], *,
     weights: str | None = None, store=None, device: str = "auto", batch_size: int = 32,
     num_workers: int | None = None, on_bad_image: str = "error", progress: bool = False,
-    jpeg_draft: bool = False,
+    jpeg_draft: bool = False, compile_model: bool = False,
 ) -> tuple[dict[str, TaskFeatures], int, list[str]]:
     """One forward pass per source over every split (all layers and poolings at once), cached
     in the FeatureStore. Layers a source lacks are skipped for it, with a note."""
@@ -173,7 +173,8 @@ def extract_sources(
                 f"(it has {', '.join(str(layer.index) for layer in source.layers)})")
         features = extract_task(source, task, usable, poolings, ["orig"], store=store, device=device,
                                 batch_size=batch_size, num_workers=num_workers, on_bad_image=on_bad_image,
-                                progress=progress, jpeg_draft=jpeg_draft)
+                                progress=progress, jpeg_draft=jpeg_draft,
+                                compile_model=compile_model)
         forwarded += sum(split.forwarded_images for split in features.splits.values())
         out[spec] = features
     return out, forwarded, notes

@@ -47,6 +47,9 @@ def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jpeg-draft", action="store_true",
                    help="decode large JPEGs at 1/2-1/8 scale, never below the resize target: several "
                         "times faster on big photos, pixels ~1/255 off a full decode (stored apart)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the forward pass: ~40 s to compile, then ~1.5x faster on the CPU; "
+                        "worth it from a few thousand images")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -65,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         views=parse_csv_list(args.views), splits=parse_csv_list(args.splits) if args.splits else None,
         store=store, device=args.device, batch_size=args.batch_size, num_workers=args.workers,
         on_bad_image=args.on_bad_image, progress=not args.no_progress, jpeg_draft=args.jpeg_draft,
+        compile_model=args.compile,
     )
     manifest = export_features(source, task, extracted, args.out) if args.out else extracted.manifest(source, task)
     if args.json:

@@ -70,7 +70,7 @@ def task_and_features(args: argparse.Namespace, layer, pooling: str, views: list
         parts.append(extract_task(source, task, [layer], [pooling], views, store=store, device=args.device,
                                   batch_size=args.batch_size, num_workers=args.workers,
                                   on_bad_image=args.on_bad_image, progress=not args.no_progress,
-                                  jpeg_draft=args.jpeg_draft))
+                                  jpeg_draft=args.jpeg_draft, compile_model=args.compile))
     return task, FeatureSource(parts)
 
 

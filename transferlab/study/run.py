@@ -54,7 +54,8 @@ def extract_pair(specs: list[tuple[str, str | None]], task: TaskData, layers: li
         feats = extract_task(source, task, layer_specs, poolings, views, store=store,
                              device=execution["device"], batch_size=execution["batch_size"],
                              on_bad_image=execution["on_bad_image"], progress=execution.get("progress", True),
-                             jpeg_draft=execution.get("jpeg_draft", False))
+                             jpeg_draft=execution.get("jpeg_draft", False),
+                             compile_model=execution.get("compile", False))
         forwarded += sum(s.forwarded_images for s in feats.splits.values())
         members.append(feats)
         if distance is None and len(specs) == 1:
