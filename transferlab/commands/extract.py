@@ -48,7 +48,7 @@ def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
                    help="decode large JPEGs at 1/2-1/8 scale, never below the resize target: several "
                         "times faster on big photos, pixels ~1/255 off a full decode (stored apart)")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the forward pass: ~40 s to compile, then ~1.5x faster on the CPU; "
+                   help="torch.compile the forward pass: ~40 s to compile, then ~1.3-1.5x faster on the CPU; "
                         "worth it from a few thousand images")
 
 
