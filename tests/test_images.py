@@ -234,3 +234,12 @@ def test_extraction_reports_time_spent_waiting_for_images(lite0, photo_dir, stor
     feats = extract(lite0, Split("t", paths, np.zeros(len(paths), dtype=np.int64)), lite0.resolve_layers([-1]),
                     ["avg"], store=store, progress=False)
     assert 0 < feats.decode_seconds < feats.seconds
+
+
+def test_without_torchvisions_decoder_jpegs_go_through_pil(photo_dir, monkeypatch):
+    import torchvision.io
+
+    monkeypatch.delattr(torchvision.io, "decode_jpeg")  # as in a torchvision that dropped it
+    path = photo_dir / "chelsea.jpg"
+    assert images._decode_jpeg(path.read_bytes()) is None
+    assert np.array_equal(np.asarray(decode_rgb(str(path))), pil_rgb(path))

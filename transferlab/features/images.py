@@ -37,9 +37,12 @@ def decode_rgb(path: str) -> Image.Image:
 
 
 def _decode_jpeg(data: bytes) -> Image.Image | None:
-    """libjpeg-turbo through torchvision; None when it refuses (PIL then gives the error)."""
-    from torchvision.io import ImageReadMode, decode_jpeg
-
+    """libjpeg-turbo through torchvision; None when it refuses (PIL then gives the error) or
+    when torchvision no longer has it (deprecated since 0.29 in favour of TorchCodec)."""
+    try:
+        from torchvision.io import ImageReadMode, decode_jpeg
+    except ImportError:
+        return None
     try:
         tensor = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
     except RuntimeError:
