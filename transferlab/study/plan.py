@@ -100,6 +100,10 @@ class Plan:
             seen.setdefault((job.source, job.task), None)
         return list(seen)
 
+    def views_for(self, task: str) -> list[str]:
+        """Views to forward for ``task``: retrieval ranks the original view only."""
+        return ["orig"] if self.specs[task].kind == "retrieval" else self.views
+
     def images_per_task(self, task: str) -> int:
         return sum(len(split) for split in image_splits(self.tasks[task]).values())
 
@@ -108,14 +112,13 @@ class Plan:
         pending = [j for j in self.jobs if j.key not in done]
         pending_pairs = {(j.source, j.task) for j in pending}
         finetuned = {(j.source, j.task) for j in pending if j.setting.finetune == "on"}
-        n_views = len(self.views)
         forwards = 0
         estimate_train = self.to_train * 60
         for source, task in pending_pairs:
             members = concat_members(self.sources[source].spec) or [source]
-            forwards += len(members) * self.images_per_task(task) * n_views
+            forwards += len(members) * self.images_per_task(task) * len(self.views_for(task))
         for _source, task in finetuned:
-            forwards += self.images_per_task(task) * n_views
+            forwards += self.images_per_task(task) * len(self.views_for(task))
         probe_fits = sum(1 for j in pending if j.kind == "probe" and not j.optimal)
         retrievals = sum(1 for j in pending if j.kind == "retrieval" and not j.optimal)
         optimal = sum(1 for j in pending if j.optimal)
@@ -149,7 +152,7 @@ def settings_for(config: StudyConfig, retrieval: bool) -> list[tuple[Setting, bo
     f = config.factors
     values = {
         "layer": f.layers, "pooling": f.pooling, "normalisation": f.normalisation,
-        "pca": f.pca_dims, "views": f.views,
+        "pca": f.pca_dims, "views": ["orig"] if retrieval else f.views,  # retrieval ranks orig only
         "finetune": ["off"] if retrieval else f.finetune,
         "qe": config.retrieval.qe if retrieval else [0],
     }

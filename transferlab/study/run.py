@@ -185,7 +185,7 @@ def _run_pair(plan: Plan, pool, results: ResultStore, summary: RunSummary, sourc
         if features is None:
             features, forwarded, distance = pool.run_extraction(
                 extract_pair, _source_specs(plan, source_name), task, plan.layers, plan.poolings,
-                plan.views, cache, execution)
+                plan.views_for(task_name), cache, execution)
             summary.forwarded_images += forwarded
             if distance is not None and source_name == next(iter(plan.sources)):
                 distances = results.get_meta("distances", {}) or {}
