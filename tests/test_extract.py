@@ -191,3 +191,17 @@ def test_compile_failure_falls_back_to_eager_with_a_note(lite0, photo_dir, store
     assert feats.get("features", "avg").shape == (3, 1280)
     err = capsys.readouterr().err
     assert err.count("torch.compile failed (InductorError: no C++ compiler found)") == 1
+
+
+def test_adding_a_view_forwards_only_that_view(lite0, photo_dir, store, monkeypatch):
+    calls = []
+    original = lite0.forward_features
+    monkeypatch.setattr(lite0, "forward_features", lambda m, x: calls.append(len(x)) or original(m, x))
+    split = make_split(sorted(photo_dir.glob("*.jpg")))
+    layers = lite0.resolve_layers([-1])
+    first = extract(lite0, split, layers, ["avg"], views=["orig"], store=store, progress=False)
+    assert calls == [5]
+    both = extract(lite0, split, layers, ["avg"], views=["orig", "flip"], store=store, progress=False)
+    assert calls == [5, 5]  # the flipped view only; orig came from the store
+    assert np.array_equal(both.get("features", "avg", "orig"), first.get("features", "avg", "orig"))
+    assert both.get("features", "avg", "flip").shape == (5, 1280)

@@ -107,16 +107,19 @@ def extract(
         raise TransferlabError("no (layer, pooling) pair applies: vector layers take only avg/max")
     outputs = [output_name(layer.name, p) for layer, p in wanted]
     keys = group_keys(source, split.paths, split.boxes, views, jpeg_draft)
+    # forward only the views with something missing: another view's shards stay as they are
     todo: dict[int, set[str]] = {}
-    for key in keys.values():
+    run_keys: dict[str, GroupKey] = {}
+    for view, key in keys.items():
         for shard, missing in store.missing(key, outputs).items():
             todo.setdefault(shard, set()).update(missing)
+            run_keys[view] = key
     result = SplitFeatures(store, keys, list(layers), list(poolings))
     if todo:
         start = time.perf_counter()
         result.forwarded_images, result.decode_seconds = _run(
-            source, split, wanted, windows, views, keys, store, todo, device, batch_size, num_workers,
-            on_bad_image, progress, desc, jpeg_draft, compile_model)
+            source, split, wanted, windows, list(run_keys), run_keys, store, todo, device, batch_size,
+            num_workers, on_bad_image, progress, desc, jpeg_draft, compile_model)
         result.seconds = time.perf_counter() - start
         hint = decode_hint(result.decode_seconds, result.seconds, jpeg_draft)
         if hint and progress:
