@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -247,3 +248,22 @@ def test_finetune_factor_trains_once_and_extracts_the_tuned_network(tmp_path):
 
     (path,) = folder.iterdir()
     assert load_source(f"finetuned:{path}").preprocessing.input_size == 64
+
+
+def test_concat_keeps_spatial_search_windows_and_normalises_each_window():
+    from types import SimpleNamespace
+
+    from transferlab.sources.base import Layer
+    from transferlab.study.evaluation import FeatureSource
+
+    rng = np.random.default_rng(0)
+    arrays = [rng.normal(size=(5, 14, 8)).astype(np.float32), rng.normal(size=(5, 14, 4)).astype(np.float32)]
+
+    def member(array):
+        handle = SimpleNamespace(get=lambda layer, pooling, view: array)
+        return SimpleNamespace(layers=[Layer("features", array.shape[-1], 32, -1)], splits={"db": handle})
+
+    joined = FeatureSource([member(a) for a in arrays]).split("db", -1, "windows")
+    assert joined.shape == (5, 14, 12)
+    assert np.allclose(np.linalg.norm(joined[..., :8], axis=-1), 1, atol=1e-5)
+    assert np.allclose(joined[..., 8:], arrays[1] / np.linalg.norm(arrays[1], axis=-1, keepdims=True), atol=1e-5)

@@ -45,9 +45,9 @@ class FeatureSource:
             parts.append(array)
         if len(parts) == 1:
             return parts[0]
-        # concat: each member L2-normalised first, so no source dominates by scale
-        return np.concatenate([L2Normalize().transform(p.reshape(len(p), -1)).reshape(p.shape[0], -1)
-                               for p in parts], axis=1)
+        # concat: each member L2-normalised first, so no source dominates by scale; per vector
+        # along the last axis, so spatial-search windows (n, R, D) stay windows
+        return np.concatenate([_unit_last_axis(p) for p in parts], axis=-1)
 
     def kept(self, name: str) -> np.ndarray:
         kept = [m.splits[name].kept for m in self.members]
@@ -152,11 +152,13 @@ def evaluate_retrieval_job(job: Job, task: TaskData, features: FeatureSource, co
         ranking = _spatial_ranking(setting, db, queries, fit_on)
     else:
         post = build_postprocess(setting.postprocess_spec(retrieval_whiten=True))
-        post.fit(fit_on)
-        q, d = post.transform(queries), post.transform(db)
-        ranking = R.rank(q, d, metric=config.metric)
-        if setting.qe:
-            ranking = R.average_query_expansion(q, d, ranking, setting.qe, metric=config.metric)
+        d = post.fit_transform(db) if fit_on is db else post.fit(fit_on).transform(db)
+        q = post.transform(queries)
+        if setting.qe:  # only the top qe of the first ranking are read: rank just those
+            first = R.rank(q, d, metric=config.metric, top_k=min(setting.qe, len(d)))
+            ranking = R.average_query_expansion(q, d, first, setting.qe, metric=config.metric)
+        else:
+            ranking = R.rank(q, d, metric=config.metric)
     ranking = db_kept[ranking]  # back to dataset indices when unreadable images were skipped
     metrics = evaluate_retrieval(metric, ranking, task.queries, len(task.splits["db"]))
     seconds = time.perf_counter() - start
@@ -199,3 +201,7 @@ def best_setting(rows: Sequence[dict], standard: Setting, higher_is_better: bool
             winner = max(candidates, key=lambda r: sign * r["value"])
             best[factor] = winner["factors"].get(factor, base[factor])
     return Setting(**best)
+
+
+def _unit_last_axis(array: np.ndarray) -> np.ndarray:
+    return L2Normalize().transform(array.reshape(-1, array.shape[-1])).reshape(array.shape)
