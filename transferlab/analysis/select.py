@@ -253,7 +253,8 @@ def probe_candidates(task: TaskData, metric: str, features: dict[str, TaskFeatur
     for c in candidates:
         start = time.perf_counter()
         job = Job(c.source, task.name, Setting(layer=c.layer_name, pooling=c.pooling), "probe")
-        row = evaluate_probe_job(job, task, FeatureSource([features[c.source]]), probe, metric, seed)
+        row = evaluate_probe_job(job, task, FeatureSource([features[c.source]]), probe, metric, seed,
+                                 transferability=False)  # already scored: candidates carry it
         c.probe, c.C = float(row.value), float(row.extra["C"])
         c.probe_seconds = time.perf_counter() - start
 

@@ -72,8 +72,10 @@ def _view_features(features: FeatureSource, split: str, setting: Setting, train:
 
 
 def evaluate_probe_job(job: Job, task: TaskData, features: FeatureSource, probe: ProbeConfig,
-                       metric: str, seed: int = 0) -> ResultRow:
-    """Fit the linear probe on train (C chosen on val if present), score test."""
+                       metric: str, seed: int = 0, transferability: bool = True) -> ResultRow:
+    """Fit the linear probe on train (C chosen on val if present), score test. With
+    ``transferability`` the row also carries LogME and 1-NN of the train features (the study
+    stores them; `select` has scored them already and passes False)."""
     from transferlab.heads.probe import LinearProbe
 
     start = time.perf_counter()
@@ -101,7 +103,7 @@ def evaluate_probe_job(job: Job, task: TaskData, features: FeatureSource, probe:
     seconds = time.perf_counter() - start
     extra = {"C": float(model.C_), "n_train": int(len(X_train)), "n_test": int(len(X_test)),
              "dim": int(X_train.shape[1]), "layer_name": features.layer_name(setting.layer)}
-    if not multilabel and repeat == 1 and setting.pca == 0:
+    if transferability and not multilabel and repeat == 1 and setting.pca == 0:
         # the analysis compares scores across layers/poolings/sources at one post-processing
         extra.update(transferability_scores(X_train, y_train))
     return _row(job, metric, metrics, seconds, extra)
