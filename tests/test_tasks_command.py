@@ -168,3 +168,13 @@ def test_help(argv, capsys):
         main(argv)
     assert info.value.code == 0
     assert "usage: transferlab tasks" in capsys.readouterr().out
+
+
+def test_load_task_rejects_an_unknown_option_for_every_reader_kind(tmp_path):
+    from transferlab.data.tasks import load_task
+    from transferlab.errors import TransferlabError
+
+    # keyword-only readers (voc2007) and built-ins used to raise a raw TypeError here
+    for name, root in (("voc2007", tmp_path), ("sun397", tmp_path), ("digits", None)):
+        with pytest.raises(TransferlabError, match=rf"task {name}: unknown option\(s\) partiton"):
+            load_task(name, root, partiton=2)

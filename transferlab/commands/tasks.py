@@ -8,7 +8,6 @@ and bad line at once; it exits non-zero while any problem remains.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 from typing import Any
 
@@ -89,17 +88,12 @@ def _list(as_json: bool) -> int:
 
 def _show(name: str, root: str | None, options: dict[str, Any], as_json: bool) -> int:
     from transferlab.data.readers._util import Problems
-    from transferlab.data.tasks import get_task, load_task
+    from transferlab.data.tasks import check_options, get_task, load_task, reader_options
     from transferlab.errors import TransferlabError
 
     spec = get_task(name)
-    accepted = _keyword_parameters(spec.reader)
-    unknown = sorted(set(options) - accepted) if accepted is not None else []
-    if unknown:
-        known = ", ".join(sorted(accepted - {"problems"})) or "none"
-        raise TransferlabError(
-            f"task {name}: unknown option(s) {', '.join(unknown)} (accepted: {known})"
-        )
+    check_options(spec, options)
+    accepted = reader_options(spec.reader)
     problems = Problems(collect=True)
     if accepted is None or "problems" in accepted:
         options = {**options, "problems": problems}
@@ -148,14 +142,6 @@ def _print_summary(summary: dict[str, Any]) -> None:
             print(f"  {item}")
     else:
         print("no problems")
-
-
-def _keyword_parameters(reader: Any) -> set[str] | None:
-    """Names the reader takes as keywords; None if it takes any (``**options``)."""
-    params = list(inspect.signature(reader).parameters.values())[1:]  # the first is root
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        return None
-    return {p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
 
 
 def _parse_options(items: list[str]) -> dict[str, Any]:

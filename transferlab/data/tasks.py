@@ -6,6 +6,7 @@ Readers live in ``transferlab.data.readers`` (benchmarks in their publishers' la
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,4 +99,24 @@ def load_task(name: str, root: str | Path | None = None, **options: Any) -> Task
     if root is not None and not Path(root).exists():
         raise TransferlabError(f"task {name}: root folder {root} does not exist")
     merged = {**spec.options, **options}
+    check_options(spec, merged)
     return spec.reader(Path(root).resolve() if root is not None else None, **merged)
+
+
+def check_options(spec: TaskSpec, options: dict[str, Any]) -> None:
+    """One clean error for an option the task's reader does not take (not a TypeError from
+    inside it); readers taking ``**options`` check their own."""
+    accepted = reader_options(spec.reader)
+    unknown = sorted(set(options) - accepted) if accepted is not None else []
+    if unknown:
+        known = ", ".join(sorted(accepted - {"problems"})) or "none"
+        raise TransferlabError(f"task {spec.name}: unknown option(s) {', '.join(unknown)} (accepted: {known})")
+
+
+def reader_options(reader: Callable[..., Any]) -> set[str] | None:
+    """Option names a reader takes by keyword; None if it takes any (``**options``, and then
+    checks them itself)."""
+    params = list(inspect.signature(reader).parameters.values())[1:]  # the first is root
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
