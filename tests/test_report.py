@@ -254,3 +254,18 @@ def test_empty_store_is_a_clear_error(tmp_path):
     ResultStore(tmp_path).close()
     with pytest.raises(TransferlabError, match="no results yet"):
         build_report(tmp_path)
+
+
+def test_plain_text_summary_skips_a_nan_result_as_the_report_does(tmp_path):
+    from transferlab.study.summary import summary_table
+
+    with ResultStore(tmp_path) as store:
+        store.add_many([
+            ResultRow("s", "digits", {"layer": -1, "pooling": "avg"}, "accuracy", float("nan")),
+            ResultRow("s", "digits", {"layer": -1, "pooling": "max"}, "accuracy", 0.6, standard=True),
+            ResultRow("s", "digits", {"layer": -2, "pooling": "max"}, "accuracy", 0.7),
+        ])
+        store.set_meta("standard", {"layer": -1, "pooling": "max"})
+    line = summary_table(tmp_path).splitlines()[1].split()
+    # standard 60.0 (%), optimal 70.0, error 0.4 -> 0.3 = 25% less, reached at layer -2
+    assert line[:5] == ["digits", "accuracy", "60.0", "70.0", "25.0%"] and line[5:] == ["s,", "layer=-2"]
