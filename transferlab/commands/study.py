@@ -68,7 +68,8 @@ def _done_keys(run_dir) -> set[str]:
 
     if not (run_dir / DB_NAME).exists():
         return set()
-    return ResultStore(run_dir).done_keys()
+    with ResultStore(run_dir, create=False) as store:  # read only: a dry run never takes the write lock
+        return store.done_keys()
 
 
 def print_plan(name: str, s: dict) -> None:
