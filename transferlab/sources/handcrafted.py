@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from transferlab.atomic import atomic_write
+from transferlab.data.generic import IMAGE_EXTENSIONS
 from transferlab.errors import BadImageError, TransferlabError
 from transferlab.sources.base import FEATURES_OUTPUT, Source
 from transferlab.sources.preprocessing import Preprocessing
@@ -318,9 +319,14 @@ def _sample(descriptor_sets: list[np.ndarray], max_descriptors: int, seed: int) 
     """At most ``max_descriptors`` rows, the same share from every image, seeded."""
     rng = np.random.default_rng(seed)
     per_set = max(1, max_descriptors // max(1, len(descriptor_sets)))
-    picked = [d if len(d) <= per_set else d[np.sort(rng.choice(len(d), per_set, replace=False))]
-              for d in descriptor_sets]
-    return np.concatenate(picked, axis=0)
+    return np.concatenate([_pick(d, per_set, rng) for d in descriptor_sets], axis=0)
+
+
+def _pick(descriptors: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """``count`` rows of one image's descriptors (all if it has fewer), in their order."""
+    if len(descriptors) <= count:
+        return descriptors
+    return descriptors[np.sort(rng.choice(len(descriptors), count, replace=False))]
 
 
 def _pil_pixels(image, preprocessing: Preprocessing = PREPROCESSING) -> np.ndarray:
@@ -398,15 +404,12 @@ def default_codebook() -> Codebook:
     return Codebook.load(path)
 
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-
-
 def _expand(image_paths: Iterable[str | Path]) -> list[Path]:
     files: list[Path] = []
     for item in image_paths:
         path = Path(item)
         if path.is_dir():
-            files.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES))
+            files.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS))
         elif path.is_file():
             files.append(path)
         else:
@@ -420,22 +423,23 @@ def fit_codebook(image_paths: Iterable[str | Path], out_file: str | Path, *,
     """Learn a Fisher codebook from your own (training) images and save it to ``out_file``
     (.npz, written atomically); use it with ``load_source("handcrafted", weights=out_file)``.
     Folders are searched recursively for images. Each image is preprocessed exactly as at
-    extraction time; the same number of descriptors is sampled from every image."""
-    from PIL import Image
+    extraction time; the same number of descriptors is sampled from every image as soon as it
+    is described, so memory holds the sample, not every image's descriptors."""
+    from transferlab.features.images import read_image
 
     files = _expand(image_paths)
     if not files:
         raise TransferlabError("fit_codebook: no images given")
-    sets = []
+    rng = np.random.default_rng(seed)
+    per_image = max(1, max_descriptors // len(files))
+    picked = []
     for path in files:
         try:
-            with Image.open(path) as handle:
-                handle.load()
-                image = handle.convert("RGB")
+            image = read_image(str(path))
         except Exception as exc:
             raise BadImageError(path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
-        sets.append(daisy_descriptors(to_gray(_pil_pixels(image))))
-    book = learn_codebook(_sample(sets, max_descriptors, seed), n_components, pca_dim, seed,
+        picked.append(_pick(daisy_descriptors(to_gray(_pil_pixels(image))), per_image, rng))
+    book = learn_codebook(np.concatenate(picked, axis=0), n_components, pca_dim, seed,
                           info={"images": [str(p) for p in files]})
     book.save(out_file)
     return Codebook.load(out_file)

@@ -14,8 +14,6 @@ from pathlib import Path
 
 from transferlab.errors import AnnotationError, TransferlabError
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}
-
 
 @dataclass
 class Problems:
