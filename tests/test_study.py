@@ -267,3 +267,13 @@ def test_concat_keeps_spatial_search_windows_and_normalises_each_window():
     assert joined.shape == (5, 14, 12)
     assert np.allclose(np.linalg.norm(joined[..., :8], axis=-1), 1, atol=1e-5)
     assert np.allclose(joined[..., 8:], arrays[1] / np.linalg.norm(arrays[1], axis=-1, keepdims=True), atol=1e-5)
+
+
+def test_trained_sources_with_other_epochs_train_apart_but_snapshots_share():
+    from transferlab.study.config import TrainEntry
+    from transferlab.study.learning import train_dir
+
+    base = {"arch": "alexnet", "width": "tiny", "source_task": "digits"}
+    five, ten = TrainEntry(**base, epochs=5), TrainEntry(**base, epochs=10)
+    assert train_dir(five) != train_dir(ten)  # a cosine schedule over 5 epochs is another run
+    assert train_dir(TrainEntry(**base, epochs=5, snapshots=[1, 3])) == train_dir(five)

@@ -16,7 +16,9 @@ from transferlab.study.config import SourceEntry, StudyConfig, TrainEntry
 def train_dir(entry: TrainEntry) -> Path:
     from transferlab.paths import cache_dir
 
-    text = json.dumps(entry.model_dump(mode="json", exclude={"snapshots", "epochs"}), sort_keys=True)
+    # epochs are part of the identity: the learning-rate schedule is stretched over them, so
+    # a 5-epoch run is not the first half of a 10-epoch one; snapshots are not (extra saves)
+    text = json.dumps(entry.model_dump(mode="json", exclude={"snapshots"}), sort_keys=True)
     return cache_dir("trained") / f"{entry.arch}-{entry.width}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
