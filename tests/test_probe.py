@@ -287,3 +287,18 @@ def test_no_convergence_warning_on_a_normal_fit(digits):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         LinearProbe(Cs=[0.01, 10.0], device="cpu").fit(Xtr, ytr)
+
+
+def test_groups_keep_an_image_and_its_mirror_in_one_fold():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 6)).astype(np.float32)
+    y = np.repeat([0, 1], 20)
+    X2, y2 = np.concatenate([X, X + 0.01]), np.concatenate([y, y])  # 40 images, each twice
+    groups = np.tile(np.arange(40), 2)
+    probe = LinearProbe(Cs=[0.1, 1.0], cv=4, seed=0)
+    folds = probe._folds(y2, 80, groups)
+    assert np.array_equal(folds[:40], folds[40:])  # mirror pairs never split across folds
+    assert sorted(np.bincount(folds)) == [20, 20, 20, 20]  # stratified per image, then doubled
+    assert probe.fit(X2, y2, groups=groups).selection_ == "4-fold"
+    with pytest.raises(TransferlabError, match="one id per training row"):
+        LinearProbe(Cs=[0.1, 1.0]).fit(X2, y2, groups=groups[:10])

@@ -380,10 +380,12 @@ class LinearProbe(BaseEstimator):
 
     # ---------------------------------------------------------------- public API
 
-    def fit(self, X, y, X_val=None, y_val=None) -> LinearProbe:
+    def fit(self, X, y, X_val=None, y_val=None, groups=None) -> LinearProbe:
         """Choose C (on ``X_val`` if given, else by k-fold on train), then refit with it.
 
-        With a validation split the final model is refit on train + val.
+        With a validation split the final model is refit on train + val. ``groups`` (one id per
+        training row) keeps rows of one group in one fold, e.g. an image and its mirror, so
+        k-fold selection never evaluates on a copy of a training row.
         """
         Cs = self._check_params()
         device = resolve_device(self.device)
@@ -393,9 +395,9 @@ class LinearProbe(BaseEstimator):
             n_cols = np.shape(X)[1] if np.ndim(X) == 2 else 1
             threads = 1 if n_rows * n_cols < _SMALL_PROBLEM else _default_threads()
         with _torch_threads(threads):
-            return self._fit(Cs, device, X, y, X_val, y_val)
+            return self._fit(Cs, device, X, y, X_val, y_val, groups)
 
-    def _fit(self, Cs, device, X, y, X_val, y_val) -> LinearProbe:
+    def _fit(self, Cs, device, X, y, X_val, y_val, groups=None) -> LinearProbe:
         X = _check_X(X, "X")
         y = self._check_y(y, len(X), "y")
         if (X_val is None) != (y_val is None):
@@ -436,7 +438,7 @@ class LinearProbe(BaseEstimator):
                 fold_eval = [rows >= n_train]
             else:
                 self.selection_ = f"{self.cv}-fold"
-                fold_of = self._folds(y, n_train)
+                fold_of = self._folds(y, n_train, groups)
                 fold_train = [fold_of != k for k in range(self.cv)]
                 fold_eval = [fold_of == k for k in range(self.cv)]
             masks = torch.from_numpy(np.stack(fold_train, 1).astype(np.float32)).to(device)
@@ -591,8 +593,15 @@ class LinearProbe(BaseEstimator):
         Y[np.arange(len(y_all)), idx] = 1.0
         return Y, np.ones_like(Y)
 
-    def _folds(self, y: np.ndarray, n: int) -> np.ndarray:
-        """Fold index per training row: stratified for single-label, random for multilabel."""
+    def _folds(self, y: np.ndarray, n: int, groups=None) -> np.ndarray:
+        """Fold index per training row: stratified for single-label, random for multilabel;
+        with ``groups``, folds are drawn per group (labelled by its first row)."""
+        if groups is not None:
+            groups = np.asarray(groups)
+            if groups.shape != (n,):
+                raise TransferlabError(f"LinearProbe.fit: groups needs one id per training row ({n}), got {groups.shape}")
+            _, first, inverse = np.unique(groups, return_index=True, return_inverse=True)
+            return self._folds(y[first], len(first))[inverse]
         if n < self.cv:
             raise TransferlabError(f"LinearProbe: {n} training samples cannot be split into {self.cv} folds")
         rng = np.random.default_rng(self.seed)

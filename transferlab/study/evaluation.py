@@ -95,7 +95,9 @@ def evaluate_probe_job(job: Job, task: TaskData, features: FeatureSource, probe:
         y_val = task.splits["val"].labels[features.kept("val")]
     model = LinearProbe(loss=probe.loss, Cs=np.asarray(probe.Cs), multilabel=multilabel,
                         class_weight=probe.class_weight, seed=seed)
-    model.fit(X_train, y_train, X_val, y_val)
+    # with flipped copies, an image and its mirror share a fold when C is chosen by k-fold
+    groups = np.tile(np.arange(len(X_train) // repeat), repeat) if repeat > 1 else None
+    model.fit(X_train, y_train, X_val, y_val, groups=groups)
     scores = model.decision_function(X_test)
     if not multilabel:
         scores = _all_class_scores(scores, model.classes_, len(task.classes))
