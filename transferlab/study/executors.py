@@ -15,16 +15,38 @@ from transferlab.errors import TransferlabError
 
 
 class LocalExecutor:
-    """Runs everything in this process, in order; torch uses every core for each step."""
+    """Runs everything in this process. Extraction uses every core through torch's threads;
+    evaluation calls (probe fits, rankings) run side by side on a thread pool, one BLAS/torch
+    thread each: a sweep's many small fits scale poorly inside one call, well across calls
+    (measured: a 36-fit sweep's evaluation on 2 cores, see benchmarks/bench_study.py)."""
 
     name = "local"
+
+    def __init__(self, workers: int | None = None):
+        self.workers = workers
 
     def run_extraction(self, fn: Callable, *args: Any) -> Any:
         return fn(*args)
 
     def map_evaluation(self, fn: Callable, calls: Iterable[tuple]) -> Iterator[Any]:
-        for args in calls:
-            yield fn(*args)
+        calls = list(calls)
+        workers = min(len(calls), self._workers())
+        if workers <= 1:
+            for args in calls:
+                yield fn(*args)
+            return
+        yield from _threaded(fn, calls, workers)
+
+    def _workers(self) -> int:
+        import os
+
+        import torch
+
+        if self.workers is not None:
+            return self.workers
+        if torch.cuda.is_available():  # fits share one GPU: keep them in order
+            return 1
+        return min(8, os.cpu_count() or 1)
 
     def shutdown(self) -> None:
         pass
@@ -80,3 +102,19 @@ def make_executor(name: str, address: str | None = None) -> LocalExecutor | RayE
     if name == "ray":
         return RayExecutor(address=address if address not in (None, "local") else None)
     raise TransferlabError(f"unknown executor {name!r}; use local or ray")
+
+
+def _threaded(fn: Callable, calls: list[tuple], workers: int) -> Iterator[Any]:
+    """Results in call order, computed ``workers`` at a time with one compute thread each."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1), ThreadPoolExecutor(workers, thread_name_prefix="evaluate") as pool:
+            yield from pool.map(lambda args: fn(*args), calls)
+    finally:
+        torch.set_num_threads(previous)
