@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from transferlab.atomic import atomic_write_text
 from transferlab.data.base import Split
 from transferlab.features.extract import PooledForward, extract
 from transferlab.features.images import decode_threads
@@ -163,7 +164,7 @@ def main() -> None:
         "decode_ms_per_image_one_thread": decode_ms,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     print(f"{args.source}, {n} JPEGs {width}x{height}{' (--jpeg-draft)' if args.jpeg_draft else ''}{' (--compile)' if args.compile else ''}, batch {args.batch_size}, {len(LAYERS)} layers x {len(POOLINGS)} poolings")
     print(f"  bare model(x):           {result['bare_img_per_s']:.1f} img/s")
     print(f"  one pass, 12 outputs:    {result['one_pass_img_per_s']:.1f} img/s  overhead x{overhead:.3f} (target <= 1.15)")

@@ -14,11 +14,9 @@ Run: .venv/bin/python benchmarks/bench_probe.py            (writes benchmarks/re
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,21 +24,13 @@ import numpy as np
 import torch
 from sklearn.svm import LinearSVC
 
+from transferlab.atomic import atomic_write_text
+from transferlab.data.builtin.fashion import SYSTEM_ROOT, find_files, load_arrays
 from transferlab.features.postprocess import build_postprocess
 from transferlab.heads.probe import LinearProbe, _default_threads
 
-FASHION = Path("/usr/share/datasets/fashion-mnist")
 RESULTS = Path(__file__).resolve().parent / "results" / "probe.json"
 CS = np.logspace(-2, 2, 7)
-
-
-def read_idx(path: Path) -> np.ndarray:
-    """An IDX file (the MNIST format) as a numpy array."""
-    with gzip.open(path) as fh:
-        data = fh.read()
-    ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
 def relu_features(Z: np.ndarray, dim: int, rng: np.random.Generator) -> np.ndarray:
@@ -50,8 +40,9 @@ def relu_features(Z: np.ndarray, dim: int, rng: np.random.Generator) -> np.ndarr
 
 def fashion_features(n: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
     rng = np.random.default_rng(seed)
-    images = read_idx(FASHION / "train-images-idx3-ubyte.gz").reshape(-1, 784)
-    labels = read_idx(FASHION / "train-labels-idx1-ubyte.gz").astype(np.int64)
+    arrays = load_arrays(find_files(None))  # the package's own reader, with its checks
+    images = arrays["train_images"].reshape(-1, 784)
+    labels = arrays["train_labels"].astype(np.int64)
     pick = rng.permutation(len(images))[:n]
     return relu_features(images[pick] / 255.0, dim, rng), labels[pick], "fashion-mnist pixels -> ReLU(random projection)"
 
@@ -115,7 +106,7 @@ def main() -> int:
     n = n_train + n_val + n_test
     runs = []
     for n_classes in args.classes:
-        if n_classes == 10 and FASHION.exists():
+        if n_classes == 10 and SYSTEM_ROOT.exists():
             X, y, source = fashion_features(n, dim, seed=0)
         else:
             X, y, source = cluster_features(n, n_classes, dim, seed=0)
@@ -158,10 +149,7 @@ def main() -> int:
         "runs": runs,
     }
     if not args.quick:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=args.out.parent, suffix=".tmp", delete=False) as fh:
-            json.dump(report, fh, indent=2)
-        os.replace(fh.name, args.out)
+        atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.out}")
     return 0
 
