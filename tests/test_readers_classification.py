@@ -662,3 +662,15 @@ def test_stanford40_actions_file_without_header(tmp_path):
     (tmp_path / "ImageSplits/actions.txt").unlink()
     task = load_task("stanford40", tmp_path)
     assert task.classes == fx.S40_ACTIONS and any("no actions.txt" in n for n in task.notes)
+
+
+def test_an_unreadable_optional_class_list_is_collected_not_raised(tmp_path):
+    from transferlab.data.readers._util import Problems
+    from transferlab.data.readers.sun397 import read_sun397
+
+    root = fx.make_sun397(tmp_path / "sun")
+    (root / "Partitions" / "ClassName.txt").write_bytes(b"/a/abbey\n\xff\xfe not utf-8\n")
+    problems = Problems(collect=True)
+    task = read_sun397(root, problems=problems)
+    assert any("ClassName.txt" in item and "UTF-8" in item for item in problems.items)
+    assert task.splits  # the rest of the task is still read and every problem listed

@@ -30,16 +30,16 @@ class Problems:
     def annotation(self, path: str | Path, message: str, line: int | None = None, key: str | None = None) -> None:
         self.report(AnnotationError(path, message, line=line, key=key))
 
-    def lines(self, path: Path, task=None) -> list[tuple[int, str]] | None:
-        """``read_lines(path)``, recorded among ``task.source_files``; None (and the problem
-        reported) when the file is missing or unreadable, so a reader moves on."""
+    def lines(self, path: Path, source_files: list[str] | None = None) -> list[tuple[int, str]] | None:
+        """``read_lines(path)``, recorded in ``source_files``; None (and the problem reported)
+        when the file is missing or unreadable, so a reader moves on."""
         try:
             lines = read_lines(path)
         except TransferlabError as exc:
             self.report(exc)
             return None
-        if task is not None:
-            task.source_files.append(str(path))
+        if source_files is not None:
+            source_files.append(str(path))
         return lines
 
 

@@ -22,7 +22,6 @@ from transferlab.data.readers._util import (
     Problems,
     check_images_exist,
     find_under,
-    read_lines,
     require_root,
 )
 from transferlab.data.tasks import TaskSpec, register
@@ -52,8 +51,9 @@ def read_apascal(root: Path | None, *, problems: Problems | None = None) -> Task
         name="apascal", kind="attributes", classes=list(ATTRIBUTES), splits={}, root=str(root)
     )
     names_file = data / "attribute_names.txt"
-    if names_file.is_file():
-        names = [line.strip() for _, line in read_lines(names_file)]
+    lines = problems.lines(names_file) if names_file.is_file() else None
+    if lines is not None:
+        names = [line.strip() for _, line in lines]
         if len(names) == len(ATTRIBUTES):
             task.classes = names
             task.source_files.append(str(names_file))
@@ -61,14 +61,14 @@ def read_apascal(root: Path | None, *, problems: Problems | None = None) -> Task
             problems.annotation(
                 names_file, f"expected {len(ATTRIBUTES)} attribute names, found {len(names)}"
             )
-    else:
+    elif not names_file.is_file():
         task.notes.append(
             "attribute_names.txt absent: built-in names of the 64 aPascal attributes used"
         )
     width = 6 + len(ATTRIBUTES)
     for split_name, list_name in LISTS.items():
         list_file = data / list_name
-        lines = problems.lines(list_file, task)
+        lines = problems.lines(list_file, task.source_files)
         if lines is None:
             continue
         paths: list[str] = []

@@ -41,7 +41,7 @@ def read_cub(
     tables: dict[str, dict[int, tuple[int, list[str]]]] = {}
     for name in names:
         path = base / name
-        lines = problems.lines(path, task)
+        lines = problems.lines(path, task.source_files)
         if lines is None:
             continue
         tables[name] = _id_table(

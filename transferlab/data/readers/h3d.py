@@ -42,7 +42,7 @@ def read_h3d(root: Path | None, *, problems: Problems | None = None, crop: bool 
     )
     for split_name in ("train", "test"):
         list_file = base / split_name / "labels.txt"
-        lines = problems.lines(list_file, task)
+        lines = problems.lines(list_file, task.source_files)
         if lines is None:
             continue
         paths: list[str] = []

@@ -43,7 +43,7 @@ def read_holidays(
     task.notes.append(f"images: {folder}")
 
     list_file = _find_list_file(root)
-    listed = _read_list(list_file, problems) if list_file is not None else None
+    listed = problems.lines(list_file) if list_file is not None else None
     numbers: dict[int, str] = {}
     if list_file is not None and listed is not None:
         task.source_files.append(str(list_file))
@@ -97,9 +97,6 @@ def _find_list_file(root: Path) -> Path | None:
     except TransferlabError:
         return None
 
-
-def _read_list(path: Path, problems: Problems) -> list[tuple[int, str]] | None:
-    return problems.lines(path)
 
 
 def _queries(ordered: list[int], paths: list[str], problems: Problems, source: Path) -> list[Query]:

@@ -37,7 +37,7 @@ def read_mit67(root: Path | None, *, problems: Problems | None = None) -> TaskDa
         except TransferlabError as exc:
             problems.report(exc)
             continue
-        lines = problems.lines(list_file, task)
+        lines = problems.lines(list_file, task.source_files)
         if lines is None:
             continue
         rows = []

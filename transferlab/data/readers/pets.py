@@ -36,7 +36,7 @@ def read_pets(root: Path | None, *, problems: Problems | None = None) -> TaskDat
     )
     for split_name, list_name in LISTS.items():
         list_file = annotations / list_name
-        lines = problems.lines(list_file, task)
+        lines = problems.lines(list_file, task.source_files)
         if lines is None:
             continue
         paths, labels = [], []

@@ -18,7 +18,6 @@ from transferlab.data.readers._util import (
     Problems,
     check_images_exist,
     find_under,
-    read_lines,
     require_root,
 )
 from transferlab.data.readers.voc2012_actions import read_voc_objects
@@ -65,7 +64,7 @@ def read_stanford40(
         label_rows: list[int] = []
         for k, action in enumerate(task.classes):
             list_file = splits_dir / f"{action}_{split_name}.txt"
-            lines = problems.lines(list_file, task)
+            lines = problems.lines(list_file, task.source_files)
             if lines is None:
                 continue
             before = len(names)
@@ -109,8 +108,11 @@ def _declared_actions(path: Path, problems: Problems, task: TaskData) -> dict[st
     """``{action: number of images}`` from actions.txt in file order, or None if absent."""
     if not path.is_file():
         return None
+    lines = problems.lines(path)
+    if lines is None:
+        return None
     declared: dict[str, int] = {}
-    for number, line in read_lines(path):
+    for number, line in lines:
         parts = line.split()
         if number == 1 and len(parts) == 2 and not parts[1].isdigit():
             continue  # the header "action_name number_of_images"

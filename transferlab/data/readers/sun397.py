@@ -18,7 +18,6 @@ from transferlab.data.readers._util import (
     Problems,
     check_images_exist,
     find_under,
-    read_lines,
     require_root,
 )
 from transferlab.data.tasks import TaskSpec, register
@@ -33,7 +32,6 @@ def read_sun397(
     root = require_root(root, "sun397", "the folder holding SUN397/ and Partitions/")
     if not isinstance(partition, int) or not 1 <= partition <= 10:
         raise TransferlabError(f"sun397: partition must be an integer 1..10, got {partition!r}")
-    root = Path(root)
     images = find_under(root, ["SUN397"], "SUN397 image folder SUN397/")
     partitions = find_under(
         root, ["Partitions", "SUN397/Partitions"], "SUN397 partition folder Partitions/"
@@ -43,9 +41,10 @@ def read_sun397(
 
     class_file = _find_optional(root, partitions)
     declared: list[str] | None = None
-    if class_file is not None:
+    lines = problems.lines(class_file) if class_file is not None else None
+    if lines is not None:
         declared = []
-        for number, line in read_lines(class_file):
+        for number, line in lines:
             name = line.strip()
             if not name.startswith("/"):
                 problems.annotation(
@@ -60,7 +59,7 @@ def read_sun397(
     entries: dict[str, tuple[Path, list[tuple[str, str]]]] = {}
     for split_name, prefix in (("train", "Training"), ("test", "Testing")):
         list_file = partitions / f"{prefix}_{partition:02d}.txt"
-        lines = problems.lines(list_file, task)
+        lines = problems.lines(list_file, task.source_files)
         if lines is None:
             continue
         rows = []

@@ -54,7 +54,6 @@ def read_sun_attributes(
         raise TransferlabError(
             f"sun_attributes: train_fraction must be in (0, 1), got {train_fraction!r}"
         )
-    root = Path(root)
     task = TaskData(name="sun_attributes", kind="attributes", classes=[], splits={}, root=str(root))
     arrays = {}
     for file_name, key in MAT_FILES.items():

@@ -22,7 +22,6 @@ from transferlab.data.readers._util import (
     Problems,
     check_images_exist,
     find_under,
-    read_lines,
     require_root,
 )
 from transferlab.data.readers.flowers import load_mat
@@ -51,7 +50,7 @@ def read_visual_phrases(
             f"visual_phrases: train_fraction must be in (0, 1), got {train_fraction!r}"
         )
     base = find_under(
-        Path(root),
+        root,
         ["VOC3000", "UIUC_PhrasalRecognitionDataset/VOC3000"],
         "Visual Phrases VOC3000/ folder",
     )
@@ -149,7 +148,7 @@ def _official_split(
     for split_name in ("train", "test"):
         list_file = main / f"{split_name}.txt"
         rows = []
-        for number, line in read_lines(list_file):
+        for number, line in problems.lines(list_file) or []:
             image_id = line.strip().removesuffix(".jpg")
             if image_id not in row:
                 problems.annotation(list_file, f"image {image_id} has no annotation", line=number)

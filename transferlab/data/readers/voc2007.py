@@ -16,11 +16,9 @@ from transferlab.data.readers._util import (
     Problems,
     check_images_exist,
     find_under,
-    read_lines,
     require_root,
 )
 from transferlab.data.tasks import TaskSpec, register
-from transferlab.errors import TransferlabError
 
 CLASSES = [
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -66,23 +64,17 @@ def _read_set(
     main: Path, images: Path, set_name: str, split_name: str, problems: Problems, used: list[str]
 ) -> Split | None:
     set_file = main / f"{set_name}.txt"
-    try:
-        lines = read_lines(set_file)
-    except TransferlabError as exc:
-        problems.report(exc)
+    lines = problems.lines(set_file, used)
+    if lines is None:
         return None
-    used.append(str(set_file))
     ids = [line.strip() for _, line in lines]
     row = {image_id: i for i, image_id in enumerate(ids)}
     labels = np.zeros((len(ids), len(CLASSES)), dtype=np.int8)
     for k, cls in enumerate(CLASSES):
         cls_file = main / f"{cls}_{set_name}.txt"
-        try:
-            cls_lines = read_lines(cls_file)
-        except TransferlabError as exc:
-            problems.report(exc)
+        cls_lines = problems.lines(cls_file, used)
+        if cls_lines is None:
             continue
-        used.append(str(cls_file))
         seen = 0
         for number, line in cls_lines:
             parts = line.split()

@@ -110,7 +110,7 @@ def read_voc2012_actions(root: Path | None, *, problems: Problems | None = None)
         where: dict[tuple[str, int], tuple[Path, int]] = {}
         for k, action in enumerate(ACTIONS):
             list_file = action_dir / f"{action}_{set_name}.txt"
-            lines = problems.lines(list_file, task)
+            lines = problems.lines(list_file, task.source_files)
             if lines is None:
                 continue
             for number, line in lines:
