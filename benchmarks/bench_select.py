@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import time
@@ -42,23 +41,14 @@ from transferlab.atomic import atomic_write_text
 from transferlab.data.tasks import get_task, load_task
 from transferlab.features.store import FeatureStore
 from transferlab.study.config import ProbeConfig
+from transferlab.study.results import finite_or_none
 
 RESULTS = Path(__file__).resolve().parent / "results" / "select.json"
 SCORES = ("logme", "knn", "hscore")
 
 
 def _write_atomic(path: Path, payload: dict[str, Any]) -> None:
-    atomic_write_text(path, json.dumps(payload, indent=2, default=lambda o: None if isinstance(o, float) and math.isnan(o) else str(o)) + "\n")
-
-
-def _clean(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_clean(v) for v in value]
-    return value
+    atomic_write_text(path, json.dumps(payload, indent=2, default=str) + "\n")
 
 
 def _name(c: Candidate) -> str:
@@ -175,7 +165,7 @@ def main() -> int:
         print(f"{score:<7} over {len(results)} tasks: scoring {seconds:.1f} s vs probing {probing:.1f} s "
               f"({s['speedup']:.1f}x); mean Spearman {s['mean_spearman']:+.2f}; top-1 {s['top1_hits']}/{len(results)}; "
               f"mean top-3 overlap {s['top3_overlap_mean']:.1f}/3; mean regret of --confirm 3 {s['mean_regret']:.4f}")
-    payload = _clean({
+    payload = finite_or_none({
         "command": "benchmarks/bench_select.py " + " ".join(f"--{k}={v}" for k, v in vars(args).items()
                                                              if v not in (None, False) and k != "out"),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_average": os.getloadavg()},

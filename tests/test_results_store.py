@@ -248,3 +248,12 @@ def test_collect_provenance(tmp_path, monkeypatch):
     subprocess.run(["git", "commit", "-q", "--allow-empty", "-m", "x"], cwd=tmp_path, check=True, env=env)
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
     assert collect_provenance("h", 3, "cpu")["git_commit"] == head
+
+
+def test_print_json_is_strict_json_for_nan_and_numpy(capsys):
+    import numpy as np
+
+    from transferlab.commands._common import print_json
+
+    print_json({"a": np.float32("nan"), "b": np.array([1.0, np.inf]), "c": (1, float("nan")), "d": np.int64(3)})
+    assert json.loads(capsys.readouterr().out) == {"a": None, "b": [1.0, None], "c": [1, None], "d": 3}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import math
-from typing import Any
 
 from transferlab.commands._common import parse_csv_list, print_json
 
@@ -42,17 +41,6 @@ def _layers(text: str) -> list[int | str]:
     return [int(part) if part.lstrip("-").isdigit() else part for part in parse_csv_list(text)]
 
 
-def _clean(value: Any) -> Any:
-    """NaN/inf -> None, so --json prints valid JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
-
-
 def run(args: argparse.Namespace) -> int:
     from transferlab.analysis.select import select
     from transferlab.data.tasks import get_task, load_task
@@ -79,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress, jpeg_draft=args.jpeg_draft, compile_model=args.compile,
     )
     if args.json:
-        print_json(_clean(result.to_dict()))
+        print_json(result.to_dict())
     else:
         print_selection(result)
     return 0

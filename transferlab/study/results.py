@@ -171,14 +171,17 @@ def _git_commit() -> str | None:
     return commit if done.returncode == 0 and len(commit) >= 7 else None
 
 
-def _finite_or_none(value: Any) -> Any:
-    """NaN/inf -> None, recursively, for strict JSON and CSV exports."""
+def finite_or_none(value: Any) -> Any:
+    """NaN/inf -> None, recursively, for strict JSON and CSV exports (numpy scalars and
+    arrays become Python values first)."""
+    if hasattr(value, "tolist") and type(value).__module__ == "numpy":
+        value = value.tolist()
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _finite_or_none(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite_or_none(v) for v in value]
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(v) for v in value]
     return value
 
 
@@ -349,7 +352,7 @@ class ResultStore:
         """``rows()`` with NaN as None and ``created`` as ISO 8601 UTC: strict JSON."""
         out = []
         for item in self.rows(task):
-            item = _finite_or_none(item)
+            item = finite_or_none(item)
             item["created"] = _iso(item["created"])
             out.append(item)
         return out
