@@ -178,7 +178,7 @@ def _run(source, split, wanted, windows, views, keys, store, todo, device, batch
         with torch.inference_mode():
             for pixels, idx, reasons in batches:
                 images = source.preprocessing.normalize(pixels.to(dev, non_blocking=True))
-                good = [k for k, r in enumerate(reasons) if not r]
+                good = {k for k, r in enumerate(reasons) if not r}
                 for k, reason in enumerate(reasons):
                     if reason:
                         i = int(idx[k])
@@ -245,15 +245,17 @@ class PooledForward:
 
     def _hook(self, name: str):
         def hook(_module, _inputs, output):
+            activation = output.float()  # once per layer (a copy under bf16 autocast)
             for p in self.by_layer[name]:
-                self.captured[output_name(name, p)] = pool(output.float(), p, self.windows)
+                self.captured[output_name(name, p)] = pool(activation, p, self.windows)
         return hook
 
     def __call__(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         self.captured = {}
         top = self.source.forward_features(self.model, batch)
+        top = top.float()
         for p in self.by_layer.get(FEATURES_OUTPUT, ()):
-            self.captured[output_name(FEATURES_OUTPUT, p)] = pool(top.float(), p, self.windows)
+            self.captured[output_name(FEATURES_OUTPUT, p)] = pool(top, p, self.windows)
         return self.captured
 
     def close(self) -> None:
