@@ -447,25 +447,28 @@ class LinearProbe(BaseEstimator):
             Y = Yt.repeat(1, len(fold_train))
             heads = _Heads(design, Y, self._weights(Y, S), self.loss)
             scores = np.empty(len(Cs))
-            solutions = []
+            best_V, best_score = None, -np.inf
             V = design.zeros(Y.shape[1])
             g0 = heads.g0_norm()
             for i, C in enumerate(Cs):
                 V = self._solve(heads, float(C), V, g0)
-                solutions.append(V)
                 z = design.margins(V).cpu().numpy()
                 per_fold = []
                 for k, eval_rows in enumerate(fold_eval):
                     block = z[eval_rows][:, k * n_classes : (k + 1) * n_classes]
                     per_fold.append(self._score(y_all[eval_rows], block))
                 scores[i] = float(np.nanmean(per_fold)) if not np.all(np.isnan(per_fold)) else np.nan
+                # keep the best solution so far only; a strict improvement keeps the first
+                # maximum, i.e. the smallest C among ties, as nanargmax below does
+                if not np.isnan(scores[i]) and (best_V is None or scores[i] > best_score):
+                    best_V, best_score = V, scores[i]
             if np.all(np.isnan(scores)):
                 raise TransferlabError("LinearProbe: the selection metric is undefined for every C")
             best = int(np.nanargmax(scores))  # first maximum = smallest C among ties
             self.cv_scores_ = scores
             best_C = float(Cs[best])
-            V0 = solutions[best].reshape(-1, len(fold_train), n_classes).mean(1)
-            del heads, solutions
+            V0 = best_V.reshape(-1, len(fold_train), n_classes).mean(1)
+            del heads, best_V
         heads = _Heads(design, Yt, self._weights(Yt, Lt), self.loss)
         if V0 is None:
             V0 = design.zeros(n_classes)
