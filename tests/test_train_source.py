@@ -309,3 +309,20 @@ def test_augment_is_a_padded_crop_or_its_mirror():
         assert plain or mirrored
         flips += mirrored and not plain
     assert 0 < flips < 6  # both cases occur with this seed
+
+
+def test_channel_stats_match_torch_and_sample_at_most_the_limit():
+    import numpy as np
+    import torch
+
+    from transferlab.sources.train import channel_stats
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (700, 3, 8, 8), dtype=np.uint8)
+    pixels = torch.from_numpy(images).double() / 255
+    mean, std = channel_stats(images)
+    assert mean == tuple(round(float(v), 6) for v in pixels.mean(dim=(0, 2, 3)))
+    assert np.allclose(std, pixels.std(dim=(0, 2, 3)).numpy(), atol=2e-6)
+    # 700 images, limit 300: every 3rd image (234 of them), not every 2nd (350 > 300)
+    sub = torch.from_numpy(images[::3]).double() / 255
+    assert channel_stats(images, limit=300)[0] == tuple(round(float(v), 6) for v in sub.mean(dim=(0, 2, 3)))

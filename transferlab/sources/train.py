@@ -262,11 +262,20 @@ def decode_images(split: Split, preprocessing: Preprocessing, cache_file: Path |
 
 
 def channel_stats(images: np.ndarray, limit: int = 10000) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std (in [0, 1] units) of up to ``limit`` evenly spaced images."""
-    step = max(1, len(images) // limit)
-    sample = torch.from_numpy(np.ascontiguousarray(images[::step])).double().div_(255.0)
-    mean = sample.mean(dim=(0, 2, 3))
-    std = sample.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    """Per-channel mean and std (in [0, 1] units) of at most ``limit`` evenly spaced images,
+    accumulated in float64 a chunk at a time (never a float copy of the whole sample)."""
+    step = max(1, math.ceil(len(images) / limit))
+    picked = np.arange(0, len(images), step)
+    total = np.zeros(images.shape[1])
+    squares = np.zeros(images.shape[1])
+    for start in range(0, len(picked), 256):
+        chunk = np.asarray(images[picked[start:start + 256]], dtype=np.float64) / 255.0
+        total += chunk.sum(axis=(0, 2, 3))
+        squares += np.square(chunk).sum(axis=(0, 2, 3))
+    count = len(picked) * images.shape[2] * images.shape[3]
+    mean = total / count
+    std = np.sqrt(np.maximum(squares - count * mean**2, 0.0) / max(1, count - 1))  # unbiased, as torch.std
+    std = np.maximum(std, 1e-3)
     return tuple(round(float(v), 6) for v in mean), tuple(round(float(v), 6) for v in std)
 
 
