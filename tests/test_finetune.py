@@ -386,3 +386,14 @@ def test_cli_bad_arguments(argv, message, tmp_path, capsys):
 def test_unknown_finetuned_path_is_a_clear_error(tmp_path):
     with pytest.raises(TransferlabError, match="not a fine-tuned source folder"):
         load_source(f"finetuned:{tmp_path}")
+
+
+def test_validation_images_are_decoded_once_across_epochs(base, digits, tmp_path, monkeypatch):
+    from transferlab.features import images
+
+    decoded = []
+    original = images.read_image
+    monkeypatch.setattr(images, "read_image", lambda path, *a, **k: decoded.append(path) or original(path, *a, **k))
+    finetune(base, digits, tmp_path / "v", epochs=3, patience=None, **FAST)
+    val = set(digits.splits["val"].paths)
+    assert sorted(p for p in decoded if p in val) == sorted(val)  # 3 epochs, one decode each

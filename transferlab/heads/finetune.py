@@ -158,6 +158,7 @@ class FinetuneResult:
 
 # ---------------------------------------------------------------------------- heads, losses
 STANDARDISE_IMAGES = 512
+EVAL_CACHE_BYTES = 1 << 30  # validation pixels kept decoded across epochs up to this size
 
 
 class TaskHeads(nn.Module):
@@ -394,6 +395,7 @@ class _Runner:
                  plan: BlockPlan, dev: torch.device, batch_size: int, workers: int, progress: bool):
         self.source, self.model, self.heads, self.infos = source, model, heads, infos
         self.plan, self.dev, self.batch_size, self.workers, self.progress = plan, dev, batch_size, workers, progress
+        self._decoded: dict[int, torch.Tensor] = {}  # validation pixels by task, decoded once
 
     def _autocast(self):
         return torch.autocast(device_type=self.dev.type, dtype=torch.bfloat16, enabled=self.dev.type == "cuda")
@@ -477,13 +479,12 @@ class _Runner:
         from transferlab.metrics import MetricWarning
 
         info = self.infos[t]
-        dataset = TaskImages([info], [split], self.source.preprocessing, train=False)
-        loader = make_loader(dataset, self.batch_size, False, self.workers, pin=self.dev.type == "cuda")
+        pre = self.source.preprocessing
         self.model.eval()
         self.heads.eval()
         chunks = []
-        for images, _tasks, _labels, indices, reasons in loader:
-            check_batch(dataset, indices, reasons)
+        for pixels in self._eval_pixels(t, split, what):
+            images = pre.normalize(pixels.to(self.dev, non_blocking=True))
             chunks.append(self.heads(t, self._features(images)).float().cpu().numpy())
         scores = np.concatenate(chunks).astype(np.float64)
         if not np.isfinite(scores).all():
@@ -492,6 +493,33 @@ class _Runner:
             if what == "val":  # a small held-out split may lack positives of some class
                 warnings.simplefilter("ignore", MetricWarning)
             return evaluate_classification(info.metric, np.asarray(split.labels), scores)
+
+
+    def _eval_pixels(self, t: int, split: Split, what: str):
+        """uint8 batches of ``split`` at the eval geometry. The validation split is scored
+        every epoch with the same pixels: decoded once and kept while it fits in
+        ``EVAL_CACHE_BYTES``; other splits are decoded as they are scored."""
+        cached = self._decoded.get(t) if what == "val" else None
+        if cached is not None:
+            yield from cached.split(self.batch_size)
+            return
+        from transferlab.errors import BadImageError
+        from transferlab.features.images import ImageListDataset, image_batches
+
+        pre = self.source.preprocessing
+        dataset = ImageListDataset(split.paths, split.boxes, pre, range(len(split)))
+        keep = what == "val" and len(split) * pre.input_size**2 * 3 <= EVAL_CACHE_BYTES
+        kept = []
+        for pixels, indices, reasons in image_batches(dataset, self.batch_size, self.workers,
+                                                      pin_memory=self.dev.type == "cuda"):
+            for k, reason in enumerate(reasons):
+                if reason:
+                    raise BadImageError(split.paths[int(indices[k])], reason)
+            if keep:
+                kept.append(pixels)
+            yield pixels
+        if keep:
+            self._decoded[t] = torch.cat(kept)
 
 
 class _NonFinite(Exception):
