@@ -150,6 +150,7 @@ def run_study(config: StudyConfig, run_dir: str | Path, *, executor: str = "loca
         done = results.done_keys()
         pool = make_executor(executor, address)
         execution = {**config.execution.model_dump(), "progress": progress}
+        memo: dict[tuple, FeatureSource] = {}  # features shared by several pairs (whitening sets)
         try:
             for source_name, task_name in plan.pairs():
                 jobs = [j for j in plan.jobs_for(source_name, task_name) if j.key not in done]
@@ -159,7 +160,7 @@ def run_study(config: StudyConfig, run_dir: str | Path, *, executor: str = "loca
                     continue
                 summary.skipped += len(plan.jobs_for(source_name, task_name)) - len(jobs)
                 _run_pair(plan, pool, results, summary, source_name, task_name, jobs, execution, cache,
-                          optimal_wanted, done, progress)
+                          optimal_wanted, done, progress, memo)
         finally:
             pool.shutdown()
     summary.seconds = time.perf_counter() - started
@@ -174,7 +175,7 @@ def _source_specs(plan: Plan, source_name: str) -> list[tuple[str, str | None]]:
 
 def _run_pair(plan: Plan, pool, results: ResultStore, summary: RunSummary, source_name: str, task_name: str,
               jobs: list[Job], execution: dict, cache: str | None, optimal_wanted: bool, done: set[str],
-              progress: bool) -> None:
+              progress: bool, memo: dict) -> None:
     config = plan.config
     task = plan.tasks[task_name]
     metric = plan.specs[task_name].metric
@@ -195,17 +196,29 @@ def _run_pair(plan: Plan, pool, results: ResultStore, summary: RunSummary, sourc
                 results.set_meta("distances", distances)
         return features
 
-    whiten = None
-    if plan.specs[task_name].kind == "retrieval" and config.retrieval.whiten_on:
-        whiten = _whitening_features(plan, pool, source_name, cache, execution)
+    def whitening() -> FeatureSource | None:
+        """The held-out whitening set's features: only when a job needs them, once per source."""
+        if plan.specs[task_name].kind != "retrieval" or not config.retrieval.whiten_on:
+            return None
+        key = ("whiten", source_name)
+        if key not in memo:
+            memo[key] = _whitening_features(plan, pool, source_name, cache, execution)
+        return memo[key]
+
+    tuned_features = None
+
+    def ensure_tuned() -> FeatureSource:
+        nonlocal tuned_features
+        if tuned_features is None:
+            tuned_features = _finetuned_features(plan, pool, results, source_name, task_name, execution, cache)
+        return tuned_features
 
     plain = [j for j in jobs if j.setting.finetune == "off"]
     tuned = [j for j in jobs if j.setting.finetune == "on"]
     if plain:
-        _evaluate(pool, results, summary, plain, task, ensure_features(), config, metric, whiten, progress)
+        _evaluate(pool, results, summary, plain, task, ensure_features(), config, metric, whitening(), progress)
     if tuned:
-        tuned_features = _finetuned_features(plan, pool, results, source_name, task_name, execution, cache)
-        _evaluate(pool, results, summary, tuned, task, tuned_features, config, metric, whiten, progress)
+        _evaluate(pool, results, summary, tuned, task, ensure_tuned(), config, metric, whitening(), progress)
     if optimal_wanted:
         from transferlab.evaluate import higher_is_better
 
@@ -216,11 +229,8 @@ def _run_pair(plan: Plan, pool, results: ResultStore, summary: RunSummary, sourc
         evaluated = {j.setting for j in plan.jobs_for(source_name, task_name)}
         if job.key in done or best in evaluated:
             return  # the best combination is one the sweep already measured
-        if best.finetune == "on":
-            feats = _finetuned_features(plan, pool, results, source_name, task_name, execution, cache)
-        else:
-            feats = ensure_features()
-        _evaluate(pool, results, summary, [job], task, feats, config, metric, whiten, progress)
+        feats = ensure_tuned() if best.finetune == "on" else ensure_features()
+        _evaluate(pool, results, summary, [job], task, feats, config, metric, whitening(), progress)
 
 
 def _kind(plan: Plan, task_name: str) -> str:
