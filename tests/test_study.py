@@ -277,3 +277,18 @@ def test_trained_sources_with_other_epochs_train_apart_but_snapshots_share():
     five, ten = TrainEntry(**base, epochs=5), TrainEntry(**base, epochs=10)
     assert train_dir(five) != train_dir(ten)  # a cosine schedule over 5 epochs is another run
     assert train_dir(TrainEntry(**base, epochs=5, snapshots=[1, 3])) == train_dir(five)
+
+
+def test_retrieval_whitening_on_a_held_out_task_runs_without_extra_forwards(tmp_path):
+    from transferlab.data.base import image_splits
+    from transferlab.data.tasks import load_task
+
+    config = parse_config({"name": "wh", "sources": ["efficientnet_lite0"], "tasks": ["photo_copies"],
+                           "quick": True, "optimal": False,
+                           "factors": {"pca_dims": [0, 32]}, "retrieval": {"whiten_on": "photo_copies"}})
+    summary = run_study(config, tmp_path / "run", cache=str(tmp_path / "store"), progress=False)
+    assert summary.new_results == 2 and not summary.failures
+    n_images = sum(len(s) for s in image_splits(load_task("photo_copies", quick=True)).values())
+    assert summary.forwarded_images == n_images  # the whitening set came from the same store
+    with ResultStore(tmp_path / "run", create=False) as store:
+        assert sorted(r["factors"]["pca"] for r in store.rows()) == [0, 32]
