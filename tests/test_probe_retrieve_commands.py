@@ -57,3 +57,18 @@ def test_retrieve_with_query_expansion_and_spatial_search(capsys):
     assert spatial["config"]["pooling"] == "windows" and spatial["value"] > 0.5
     assert main(["retrieve", "--source", "efficientnet_lite0", "--task", "digits", "--quick", "--no-progress"]) == 2
     assert "not a retrieval task" in capsys.readouterr().err
+
+
+def test_a_second_probe_with_another_pooling_forwards_nothing(tmp_path, capsys, monkeypatch):
+    from transferlab.features import extract as extract_module
+
+    forwarded = []
+    original = extract_module._run
+    monkeypatch.setattr(extract_module, "_run", lambda *a, **k: forwarded.append(1) or original(*a, **k))
+    base = ["probe", "--source", "timm:test_resnet", "--weights", "none", "--task", "digits", "--quick",
+            "--layer", "-1", "--cache", str(tmp_path / "cache"), "--no-progress", "--json"]
+    assert main(base + ["--pool", "avg"]) == 0
+    assert main(base + ["--pool", "grid2"]) == 0
+    assert main(base + ["--pool", "gem"]) == 0
+    assert len(forwarded) == 3  # train, val, test of the first command only
+    capsys.readouterr()

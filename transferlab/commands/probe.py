@@ -48,6 +48,20 @@ def setting_from(args: argparse.Namespace, qe: int = 0):
                    views=args.views, qe=qe)
 
 
+# pooled in the same pass as whatever pooling is asked for: they cost next to nothing beside
+# the forward, and the next command that wants one of them reads it from the store instead of
+# forwarding every image again
+COMPANION_POOLINGS = ("avg", "max", "gem", "grid2")
+
+
+def _with_companions(source, layer, pooling: str) -> list[str]:
+    resolved = source.resolve_layers([layer])[0]
+    if not resolved.spatial and pooling not in ("avg", "max"):
+        return [pooling]  # let extraction say this pooling needs a spatial layer
+    companions = COMPANION_POOLINGS if resolved.spatial else ("avg", "max")
+    return [pooling] + [p for p in companions if p != pooling]
+
+
 def task_and_features(args: argparse.Namespace, layer, pooling: str, views: list[str]):
     """Load the task and extract (or reuse from the FeatureStore) what one setting needs."""
     from transferlab.data.tasks import load_task
@@ -67,7 +81,8 @@ def task_and_features(args: argparse.Namespace, layer, pooling: str, views: list
     parts = []
     for spec in members:
         source = load_source(spec, args.weights if len(members) == 1 else None)
-        parts.append(extract_task(source, task, [layer], [pooling], views, store=store, device=args.device,
+        parts.append(extract_task(source, task, [layer], _with_companions(source, layer, pooling), views,
+                                  store=store, device=args.device,
                                   batch_size=args.batch_size, num_workers=args.workers,
                                   on_bad_image=args.on_bad_image, progress=not args.no_progress,
                                   jpeg_draft=args.jpeg_draft, compile_model=args.compile))
