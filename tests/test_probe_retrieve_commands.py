@@ -72,3 +72,20 @@ def test_a_second_probe_with_another_pooling_forwards_nothing(tmp_path, capsys, 
     assert main(base + ["--pool", "gem"]) == 0
     assert len(forwarded) == 3  # train, val, test of the first command only
     capsys.readouterr()
+
+
+def test_exported_multilabel_task_keeps_its_kind_classes_and_metric(capsys, tmp_path):
+    from transferlab.data.tasks import get_task
+
+    feats = tmp_path / "feats"
+    assert main(["extract", *TINY, "--data", "shape_attributes", "--quick", "--layers", "-1", "--pool", "avg",
+                 "--out", str(feats), "--no-progress"]) == 0
+    capsys.readouterr()
+    manifest = json.loads((feats / "manifest.json").read_text())
+    assert manifest["kind"] == "attributes" and manifest["metric"] == get_task("shape_attributes").metric
+    exported = run_json(capsys, ["probe", "--features", str(feats), "--layer", "features", "--pool", "avg",
+                                 "--Cs", "1", "--json"])
+    direct = run_json(capsys, ["probe", *TINY, "--task", "shape_attributes", "--quick", "--Cs", "1",
+                               "--no-progress", "--json"])
+    assert exported["metric"] == direct["metric"]
+    assert exported["value"] == pytest.approx(direct["value"], abs=1e-9)

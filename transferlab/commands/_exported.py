@@ -64,23 +64,29 @@ def exported_task_and_features(folder: str | Path, setting):
         splits[name] = Split(name, [r[0] for r in body], np.zeros(len(body), dtype=np.int64))
         label_names.append([r[1] for r in body])
         handles[name] = _Handle(folder / name, len(body))
-    multilabel = any(";" in label for names in label_names for label in names)
-    classes = sorted({c for names in label_names for label in names for c in label.split(";") if c})
+    # the manifest says what the task is; exports from before it did are guessed from labels
+    kind = manifest.get("kind") or ("multilabel" if any(";" in x for names in label_names for x in names) else "single")
+    multilabel = kind != "single"
+    classes = manifest.get("classes") or sorted({c for names in label_names for x in names for c in x.split(";") if c})
     index = {c: i for i, c in enumerate(classes)}
     for (name, split), names in zip(splits.items(), label_names, strict=True):
-        if multilabel:
-            labels = -np.ones((len(names), len(classes)), dtype=np.int8)
-            for row, label in enumerate(names):
-                for c in label.split(";"):
-                    if c:
-                        labels[row, index[c]] = 1
-        else:
-            labels = np.array([index[n] for n in names], dtype=np.int64)
+        items = folder / name / "items.csv"
+        labels = -np.ones((len(names), len(classes)), dtype=np.int8) if multilabel else np.zeros(len(names), np.int64)
+        for row, label in enumerate(names):
+            for c in (label.split(";") if multilabel else [label]):
+                if c == "" and multilabel:
+                    continue  # an image with no positive label
+                if c not in index:
+                    raise AnnotationError(items, f"label {c!r} is not one of the manifest's classes", line=row + 2)
+                if multilabel:
+                    labels[row, index[c]] = 1
+                else:
+                    labels[row] = index[c]
         splits[name] = Split(name, split.paths, labels)
     if "train" not in splits or "test" not in splits:
         raise TransferlabError(f"{folder}: probing needs exported train and test splits")
-    task = TaskData(name=manifest.get("task", folder.name), kind="multilabel" if multilabel else "single",
-                    classes=classes, splits=splits, root=str(folder))
+    task = TaskData(name=manifest.get("task", folder.name), kind=kind, classes=list(classes), splits=splits,
+                    root=str(folder))
     layers = [_Layer(entry["name"], entry["index"]) for entry in manifest["layers"]]
-    metric = "map" if multilabel else "accuracy"
+    metric = manifest.get("metric") or ("map" if multilabel else "accuracy")
     return task, FeatureSource([_Exported(layers, handles)]), metric

@@ -47,6 +47,9 @@ class TaskFeatures:
             "preprocessing": source.preprocessing.to_dict(),
             "pixels": self.pixel_recipe(),
             "task": task.name,
+            "kind": task.kind,
+            "metric": _metric_of(task),
+            "classes": list(task.classes),
             "layers": [layer.to_dict() for layer in self.layers],
             "poolings": self.poolings,
             "views": self.views,
@@ -62,6 +65,20 @@ class TaskFeatures:
             for key in feats.keys.values():
                 return json.loads(key.preprocessing).get("pixels")
         return None
+
+
+def _metric_of(task: TaskData) -> str:
+    """The task's own protocol when it is a registered task of that kind, else the kind's
+    usual metric (a generic folder that happens to share a task's name keeps the default)."""
+    from transferlab.data.tasks import get_task
+
+    try:
+        spec = get_task(task.name)
+    except TransferlabError:
+        spec = None
+    if spec is not None and spec.kind == task.kind:
+        return spec.metric
+    return "accuracy" if task.kind == "single" else "map"
 
 
 def _paths(task: TaskData, split: str) -> list[str]:
