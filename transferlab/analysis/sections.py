@@ -284,10 +284,14 @@ def _score_figure(analysis: Analysis) -> bytes:
             if e is None:
                 ax.set_axis_off()
                 continue
+            groups: dict[tuple[str, str], list[dict]] = {}  # one scatter per (source, pooling)
             for p in e["points"]:
-                colour = plots.colour(sources.index(p["source"]))
-                ax.scatter([p["score"]], [p["value"]], s=30, color=colour, marker=markers.get(str(p["pooling"]), "o"),
+                groups.setdefault((p["source"], str(p["pooling"])), []).append(p)
+            for (source, pooling), points in groups.items():
+                ax.scatter([p["score"] for p in points], [p["value"] for p in points], s=30,
+                           color=plots.colour(sources.index(source)), marker=markers.get(pooling, "o"),
                            edgecolor="white", linewidth=0.5, zorder=3)
+            for p in e["points"]:
                 ax.annotate(str(p["layer"]), (p["score"], p["value"]), textcoords="offset points", xytext=(3, 2),
                             fontsize=6.5, color="#555")
             stat = f"ρ = {e['rho']:+.2f}" if e["status"] == "ok" else e["status"]
