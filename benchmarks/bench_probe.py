@@ -180,7 +180,12 @@ def main() -> int:
                              "is the slowest baseline by far) [none with --full, else 3e7]")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
-    cells = FULL if args.full else args.cells or ([(500, 192, 10)] if args.quick else SUBSET)
+    if args.full:
+        cells = FULL
+    elif args.cells or args.quick:
+        cells = args.cells or [(500, 192, 10)]
+    else:
+        cells = [] if args.scaling else SUBSET  # --scaling alone: only the per-row cost
     previous = json.loads(args.out.read_text()) if args.out.exists() and not args.quick else {}
     measured = {(c["n"], c["d"], c["classes"]): c for c in previous.get("cells", []) if "n" in c}
     for index, (n, d, k) in enumerate(cells):
@@ -188,7 +193,8 @@ def main() -> int:
         measured[(n, d, k)] = measure_cell(n, d, k, index, logistic_max)
     ordered = [measured[key] for key in sorted(measured)]
     report = {
-        "command": "python benchmarks/bench_probe.py " + ("--full" if args.full else f"--cells {','.join('x'.join(map(str, c)) for c in cells)}"),
+        "command": previous.get("command") if not cells else "python benchmarks/bench_probe.py " + (
+            "--full" if args.full else f"--cells {','.join('x'.join(map(str, c)) for c in cells)}"),
         "Cs": [float(c) for c in CS],
         "selection": "accuracy on the validation split (n/4 rows), first maximum; refit on train + val",
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
