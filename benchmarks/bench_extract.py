@@ -1,15 +1,21 @@
-"""Extraction speed: one-pass overhead, one pass vs naive per-(layer, pooling) passes, and
-end-to-end throughput from JPEG files on disk. Ratios are measured in one run, interleaved
-round by round so machine noise hits both sides alike.
+"""Extraction speed: one-pass overhead, one pass vs naive per-(layer, pooling) passes,
+end-to-end throughput from JPEG files on disk, and (``--vs-timm``) whole-process wall time of
+``transferlab extract`` against the plain timm loop (benchmarks/plain_timm_loop.py) at several
+image counts. Ratios are measured in one run, interleaved round by round (ABBA) so machine
+noise hits both sides alike.
 
     .venv/bin/python benchmarks/bench_extract.py [--images 96] [--rounds 3]
+    .venv/bin/python benchmarks/bench_extract.py --vs-timm [--sizes 128,256,512] [--rounds 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -60,6 +66,83 @@ def decode_costs(paths, pre) -> dict[str, float]:
     return costs
 
 
+def vs_timm(args) -> None:
+    """Whole-process wall times, fresh cache and output folder every run, alternating sides."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _images import write_jpegs
+
+    work = Path(tempfile.mkdtemp(prefix="bench-vs-timm-"))
+    source = load_source(args.source)
+    weights = work / "weights.pth"
+    torch.save(source.model.state_dict(), weights)  # timm naming: what the plain loop loads
+    arch = source.arch.split(":", 1)[1]
+    width, height = (int(v) for v in args.size.lower().split("x"))
+    cli = shutil.which("transferlab", path=str(Path(sys.executable).parent)) or "transferlab"
+    sizes = [int(v) for v in args.sizes.split(",")]
+    rows = []
+    for n in sizes:
+        images = work / f"images{n}"
+        for k, split in enumerate(("train", "test")):  # transferlab's image-folder layout, ImageFolder per split
+            for c in range(2):
+                write_jpegs(images / split / f"class{c}", n // 4, seed=2 * k + c, size=(width, height))
+        commands = {
+            "timm": [sys.executable, str(Path(__file__).parent / "plain_timm_loop.py"), str(weights), str(images),
+                     "OUT", "--arch", arch],
+            "transferlab": [cli, "extract", "--source", args.source, "--data", str(images), "--layers=-1,-2,-3,-4",
+                            "--pool", "avg,max,grid2", "--out", "OUT", "--no-progress"],
+        }
+        times: dict[str, list[float]] = {"timm": [], "transferlab": []}
+        outs: dict[str, Path] = {}
+        for r in range(args.rounds):
+            order = ["timm", "transferlab"] if r % 2 == 0 else ["transferlab", "timm"]
+            for side in order:
+                out = work / f"out-{side}-{n}-{r}"
+                env = {**os.environ, "TRANSFERLAB_CACHE": str(work / f"cache-{side}-{n}-{r}")}  # fresh
+                command = [str(out) if part == "OUT" else part for part in commands[side]]
+                start = time.perf_counter()
+                subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL)
+                times[side].append(time.perf_counter() - start)
+                outs[side] = out
+                print(f"  {n} images, round {r}: {side:11s} {times[side][-1]:6.2f} s", flush=True)
+        rows.append({"images": n, "seconds": times, "ratio_of_totals": sum(times["timm"]) / sum(times["transferlab"]),
+                     "max_abs_difference": output_difference(outs["timm"], outs["transferlab"])})
+        print(f"{n} images: plain timm loop / transferlab extract = x{rows[-1]['ratio_of_totals']:.2f}", flush=True)
+        write_vs_timm(args, rows, width, height)  # after every size: a long run keeps what it measured
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def write_vs_timm(args, rows, width, height) -> None:
+    # per-image cost and start-up: least squares over the sizes (both sides grow linearly)
+    fits = {}
+    for side in ("timm", "transferlab"):
+        xs = [row["images"] for row in rows for _ in row["seconds"][side]]
+        ys = [t for row in rows for t in row["seconds"][side]]
+        slope, intercept = np.polyfit(xs, ys, 1) if len(set(xs)) > 1 else (float("nan"), float("nan"))
+        fits[side] = {"ms_per_image": 1000 * slope, "startup_seconds": intercept}
+    result = {"command": "python benchmarks/bench_extract.py --vs-timm --sizes " + args.sizes + f" --rounds {args.rounds}",
+              "source": args.source, "jpeg_size": [width, height], "rows": rows, "linear_fit": fits,
+              "threads": torch.get_num_threads(), "load_average": list(os.getloadavg()),
+              "note": "shared 2-core machine; sides alternate ABBA; fresh TRANSFERLAB_CACHE per run"}
+    out = Path(args.out).with_name("extract_vs_timm.json")
+    atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+    for side, fit in fits.items():
+        print(f"  {side:11s} {fit['ms_per_image']:.1f} ms/image + {fit['startup_seconds']:.2f} s start-up")
+    print(f"wrote {out}")
+
+
+def output_difference(timm_out: Path, ours: Path) -> dict[str, float]:
+    """Largest |difference| per output between the two sides, relative to the output's largest
+    value (the two decode and resize differently, so this is small but not float rounding)."""
+    diffs = {}
+    for path in sorted(timm_out.rglob("*.npy")):
+        mine = ours / path.relative_to(timm_out)
+        if mine.exists():
+            a, b = np.load(path), np.load(mine)
+            if a.shape == b.shape:
+                diffs[str(path.relative_to(timm_out))] = float(np.abs(a - b).max() / max(1e-12, np.abs(a).max()))
+    return diffs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--source", default="efficientnet_lite0")
@@ -69,8 +152,13 @@ def main() -> None:
     parser.add_argument("--size", default="500x375", help="JPEG width x height [500x375, VOC-like]")
     parser.add_argument("--jpeg-draft", action="store_true", help="end to end with reduced-scale JPEG decoding")
     parser.add_argument("--compile", action="store_true", help="end to end with torch.compile (compiled in warm-up)")
+    parser.add_argument("--vs-timm", action="store_true", help="only the whole-process comparison with the plain timm loop")
+    parser.add_argument("--sizes", default="128,256,512", help="--vs-timm: image counts [128,256,512]")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "extract.json"))
     args = parser.parse_args()
+    if args.vs_timm:
+        args.rounds = max(2, args.rounds)
+        return vs_timm(args)
 
     sys.path.insert(0, str(Path(__file__).parent))
     from _images import write_jpegs

@@ -1,20 +1,31 @@
-"""LinearProbe vs scikit-learn LinearSVC (one-vs-rest) with the same C grid and selection.
+"""LinearProbe against scikit-learn over a matrix of (n train rows, d dims, classes) cells.
 
-Features are 1280-dim, like a ConvNet layer: ReLU of a fixed random projection of real
-Fashion-MNIST pixels (10 classes, when /usr/share/datasets/fashion-mnist exists) and of
-Gaussian class clusters (100 classes), L2-normalised as in the paper. Protocol for both
-methods: for every C of the grid, train on the 10k training features and score accuracy on
-the 2k validation features; take the best C (first maximum); refit on train + val; report test
-accuracy on 5k held-out features and the wall time of the whole selection + refit.
+For every cell both losses are timed against their like-for-like scikit-learn baseline:
+``LinearProbe(loss="squared_hinge")`` vs ``LinearSVC`` (one-vs-rest) and
+``LinearProbe(loss="logistic")`` vs ``OneVsRestClassifier(LogisticRegression)``. Protocol, the
+same for all four: C grid 0.01 ... 100 (7 values); train on the n training rows, score accuracy on
+the validation rows (n / 4); the best C (first maximum) is refit on train + val; test accuracy on
+held-out rows; the wall time covers the whole selection + refit. Features are L2-normalised.
 
-Run: .venv/bin/python benchmarks/bench_probe.py            (writes benchmarks/results/probe.json)
-     .venv/bin/python benchmarks/bench_probe.py --quick    (a small smoke run, not written)
+Features: real ConvNet features where the built-in data has them (EfficientNet-Lite0 on the
+built-in ``fashion_mnist``: 500 train / 100 val / 300 test, layer ``blocks.5`` avg = 192-d and
+the last layer avg = 1280-d, extracted through the package's own FeatureStore), synthetic ones
+elsewhere (ReLU of a random projection of Gaussian class clusters). Inside a cell the order of
+the two sides alternates from cell to cell (ABBA), as the machine may be shared.
+
+    .venv/bin/python benchmarks/bench_probe.py            # a subset of cells, a few minutes
+    .venv/bin/python benchmarks/bench_probe.py --full     # n {500,2000,8000} x d {192,1280,4096} x {10,100}
+    .venv/bin/python benchmarks/bench_probe.py --cells 2000x4096x100,500x1280x10
+    .venv/bin/python benchmarks/bench_probe.py --scaling  # per-row cost at three n (one d, classes)
+
+Writes benchmarks/results/probe.json (``--out``), merging cells measured by earlier runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import time
@@ -22,132 +33,179 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.multiclass import OneVsRestClassifier
 from sklearn.svm import LinearSVC
 
 from transferlab.atomic import atomic_write_text
-from transferlab.data.builtin.fashion import SYSTEM_ROOT, find_files, load_arrays
 from transferlab.features.postprocess import build_postprocess
-from transferlab.heads.probe import LinearProbe, _default_threads
+from transferlab.heads.probe import LinearProbe, idle_cores
 
 RESULTS = Path(__file__).resolve().parent / "results" / "probe.json"
 CS = np.logspace(-2, 2, 7)
+FULL = [(n, d, k) for n in (500, 2000, 8000) for d in (192, 1280, 4096) for k in (10, 100)]
+SUBSET = [(500, 192, 10), (500, 1280, 10), (500, 4096, 100), (2000, 1280, 10), (2000, 4096, 100),
+          (2000, 192, 100)]
+REAL = {(500, 192, 10): "blocks.5", (500, 1280, 10): "features"}  # fashion_mnist, EfficientNet-Lite0
+N_TEST = 1000
 
 
-def relu_features(Z: np.ndarray, dim: int, rng: np.random.Generator) -> np.ndarray:
-    projection = rng.standard_normal((Z.shape[1], dim)).astype(np.float32) / np.sqrt(Z.shape[1])
-    return np.maximum(Z.astype(np.float32) @ projection, 0)
+def synthetic(n: int, d: int, k: int, seed: int = 0):
+    rng = np.random.default_rng(seed + 7919 * d + k)
+    n_all = n + n // 4 + N_TEST
+    means = rng.standard_normal((k, 128)) * 0.3
+    y = np.concatenate([np.arange(k), rng.integers(0, k, n_all - k)])  # every class in training
+    y[:n] = rng.permutation(y[:n])
+    Z = means[y] + rng.standard_normal((n_all, 128))
+    X = np.maximum(Z @ (rng.standard_normal((128, d)) / np.sqrt(128)), 0).astype(np.float32)
+    cut = (n, n + n // 4)
+    parts = (X[: cut[0]], X[cut[0] : cut[1]], X[cut[1] :])
+    labels = (y[: cut[0]], y[cut[0] : cut[1]], y[cut[1] :])
+    return parts, labels, "synthetic: Gaussian class clusters (128-d) -> ReLU(random projection)"
 
 
-def fashion_features(n: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
-    rng = np.random.default_rng(seed)
-    arrays = load_arrays(find_files(None))  # the package's own reader, with its checks
-    images = arrays["train_images"].reshape(-1, 784)
-    labels = arrays["train_labels"].astype(np.int64)
-    pick = rng.permutation(len(images))[:n]
-    return relu_features(images[pick] / 255.0, dim, rng), labels[pick], "fashion-mnist pixels -> ReLU(random projection)"
+def real(layer: str):
+    from transferlab.data.tasks import load_task
+    from transferlab.features.extract import extract
+    from transferlab.sources import load_source
+
+    source = load_source("efficientnet_lite0")
+    task = load_task("fashion_mnist")
+    chosen = next(spec for spec in source.resolve_layers([-1, -2, -3, -4]) if spec.name == layer)
+    parts, labels = [], []
+    for name in ("train", "val", "test"):
+        split = task.split(name)
+        features = extract(source, split, [chosen], ["avg"], progress=False)
+        parts.append(features.get(chosen, "avg"))
+        labels.append(np.asarray(split.labels)[features.kept])
+    return tuple(parts), tuple(labels), f"real: EfficientNet-Lite0 {layer} avg on built-in fashion_mnist"
 
 
-def cluster_features(n: int, n_classes: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
-    rng = np.random.default_rng(seed)
-    latent = 128
-    means = rng.standard_normal((n_classes, latent)) * 0.3
-    y = rng.integers(0, n_classes, n)
-    Z = means[y] + rng.standard_normal((n, latent))
-    return relu_features(Z, dim, rng), y, "Gaussian class clusters (128-d) -> ReLU(random projection)"
-
-
-def run_probe(splits, n_threads: int | None, device: str) -> dict:
-    (Xtr, ytr), (Xva, yva), (Xte, yte) = splits
-    if device == "cuda":
-        torch.cuda.synchronize()
+def time_probe(loss: str, data) -> dict:
+    (Xtr, Xva, Xte), (ytr, yva, yte) = data
     start = time.perf_counter()
-    probe = LinearProbe(Cs=CS, device=device, n_threads=n_threads).fit(Xtr, ytr, Xva, yva)
-    if device == "cuda":
-        torch.cuda.synchronize()
+    probe = LinearProbe(loss=loss, Cs=CS, device="cpu").fit(Xtr, ytr, Xva, yva)
     seconds = time.perf_counter() - start
-    return {
-        "seconds": round(seconds, 2),
-        "C": probe.C_,
-        "val_accuracy": [round(float(s), 4) for s in probe.cv_scores_],
-        "test_accuracy": round(probe.score(Xte, yte), 4),
-        "newton_iterations": probe.solver_stats_.get("newton", 0),
-        "cg_iterations": probe.solver_stats_.get("cg", 0),
-        "threads": n_threads if n_threads is not None else _default_threads(),
-        "device": device,
-    }
+    return {"seconds": round(seconds, 3), "C": probe.C_, "val_accuracy": [round(float(s), 4) for s in probe.cv_scores_],
+            "test_accuracy": round(probe.score(Xte, yte), 4), **probe.solver_stats_}
 
 
-def run_linearsvc(splits) -> dict:
-    (Xtr, ytr), (Xva, yva), (Xte, yte) = splits
+def time_sklearn(loss: str, data) -> dict:
+    (Xtr, Xva, Xte), (ytr, yva, yte) = data
+
+    def model(C):
+        if loss == "squared_hinge":
+            return LinearSVC(C=C)
+        return OneVsRestClassifier(LogisticRegression(C=C, max_iter=1000))
+
     start = time.perf_counter()
-    val = [LinearSVC(C=C).fit(Xtr, ytr).score(Xva, yva) for C in CS]
+    val = [model(C).fit(Xtr, ytr).score(Xva, yva) for C in CS]
     best = int(np.argmax(val))
-    final = LinearSVC(C=CS[best]).fit(np.concatenate([Xtr, Xva]), np.concatenate([ytr, yva]))
+    final = model(CS[best]).fit(np.concatenate([Xtr, Xva]), np.concatenate([ytr, yva]))
     seconds = time.perf_counter() - start
-    return {
-        "seconds": round(seconds, 2),
-        "C": float(CS[best]),
-        "val_accuracy": [round(float(s), 4) for s in val],
-        "test_accuracy": round(final.score(Xte, yte), 4),
-    }
+    return {"seconds": round(seconds, 3), "C": float(CS[best]), "val_accuracy": [round(float(s), 4) for s in val],
+            "test_accuracy": round(final.score(Xte, yte), 4)}
 
 
-def load_average() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
+def measure_cell(n: int, d: int, k: int, index: int, logistic_max: float = math.inf) -> dict:
+    if (n, d, k) in REAL:
+        parts, labels, origin = real(REAL[(n, d, k)])
+    else:
+        parts, labels, origin = synthetic(n, d, k)
+    l2 = build_postprocess("l2")
+    parts = tuple(l2.fit_transform(p) for p in parts)
+    data = (parts, labels)
+    row = {"n": n, "d": d, "classes": k, "features": origin, "n_val": len(parts[1]), "n_test": len(parts[2]),
+           "load_before": [round(x, 2) for x in os.getloadavg()], "idle_cores_before": round(idle_cores(0.2), 2)}
+    for loss, baseline in (("squared_hinge", "linearsvc"), ("logistic", "ovr_logistic_regression")):
+        if loss == "logistic" and n * d * k > logistic_max:
+            row[loss] = {"skipped": f"n*d*classes > --logistic-max {logistic_max:g}"}
+            continue
+        sides = [("probe", lambda loss=loss: time_probe(loss, data)),
+                 ("sklearn", lambda loss=loss: time_sklearn(loss, data))]
+        if index % 2:  # ABBA across cells
+            sides.reverse()
+        timings = {name: fn() for name, fn in sides}
+        row[loss] = {"probe": timings["probe"], baseline: timings["sklearn"],
+                     "speedup": round(timings["sklearn"]["seconds"] / timings["probe"]["seconds"], 2)}
+        print(f"  {n}x{d}x{k} {loss:13s} probe {timings['probe']['seconds']:7.2f} s (C={timings['probe']['C']:g}, "
+              f"test {timings['probe']['test_accuracy']:.4f})  {baseline} {timings['sklearn']['seconds']:7.2f} s "
+              f"(C={timings['sklearn']['C']:g}, test {timings['sklearn']['test_accuracy']:.4f})  "
+              f"x{row[loss]['speedup']}", flush=True)
+    row["load_after"] = [round(x, 2) for x in os.getloadavg()]
+    return row
+
+
+def scaling(d: int, k: int, sizes=(2000, 4000, 8000)) -> list[dict]:
+    """Per-row cost of the probe (squared hinge, the full selection + refit) at three n."""
+    rows = []
+    for n in sizes:
+        parts, labels, origin = synthetic(n, d, k)
+        parts = tuple(build_postprocess("l2").fit_transform(p) for p in parts)
+        result = time_probe("squared_hinge", (parts, labels))
+        rows.append({"n": n, "d": d, "classes": k, "seconds": result["seconds"],
+                     "ms_per_row": round(1000 * result["seconds"] / (n + n // 4), 3)})
+        print(f"  scaling n={n} d={d} k={k}: {result['seconds']:.2f} s = {rows[-1]['ms_per_row']:.3f} ms/row", flush=True)
+    return rows
+
+
+def summary(cells: list[dict]) -> dict:
+    out = {}
+    for loss in ("squared_hinge", "logistic"):
+        done = [c for c in cells if "speedup" in c.get(loss, {})]
+        speedups = [c[loss]["speedup"] for c in done]
+        if speedups:
+            out[loss] = {"cells": len(speedups), "min": min(speedups),
+                         "geomean": round(math.exp(np.mean(np.log(speedups))), 2),
+                         "max_test_accuracy_gap": max(
+                             abs(c[loss]["probe"]["test_accuracy"] - next(v for key, v in c[loss].items()
+                                                                        if key not in ("probe", "speedup"))["test_accuracy"])
+                             for c in done)}
+    return out
+
+
+def parse_cells(text: str) -> list[tuple[int, int, int]]:
+    return [tuple(int(v) for v in cell.lower().split("x")) for cell in text.split(",") if cell.strip()]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes, nothing written")
-    parser.add_argument("--classes", type=int, nargs="+", default=[10, 100])
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--full", action="store_true", help="all 18 cells (hours on 2 shared cores: LinearSVC)")
+    group.add_argument("--cells", type=parse_cells, help="comma-separated NxDxK cells")
+    group.add_argument("--quick", action="store_true", help="one small cell, nothing written")
+    parser.add_argument("--scaling", action="store_true", help="also the per-row cost at n = 2000, 4000, 8000")
+    parser.add_argument("--logistic-max", type=float, default=None,
+                        help="skip the logistic pair where n*d*classes exceeds this (OvR LogisticRegression "
+                             "is the slowest baseline by far) [none with --full, else 3e7]")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
-    n_train, n_val, n_test, dim = (2000, 500, 1000, 256) if args.quick else (10000, 2000, 5000, 1280)
-    n = n_train + n_val + n_test
-    runs = []
-    for n_classes in args.classes:
-        if n_classes == 10 and SYSTEM_ROOT.exists():
-            X, y, source = fashion_features(n, dim, seed=0)
-        else:
-            X, y, source = cluster_features(n, n_classes, dim, seed=0)
-        X = build_postprocess("l2").fit_transform(X)
-        cut = np.cumsum([n_train, n_val])
-        splits = ((X[: cut[0]], y[: cut[0]]), (X[cut[0] : cut[1]], y[cut[0] : cut[1]]), (X[cut[1] :], y[cut[1] :]))
-        row = {"classes": n_classes, "features": source, "n_train": n_train, "n_val": n_val, "n_test": n_test, "dim": dim}
-        row["load_before"] = load_average()
-        row["probe"] = run_probe(splits, None, "cpu")
-        print(f"{n_classes} classes  LinearProbe (default threads): {row['probe']}", flush=True)
-        all_threads = os.cpu_count() or 1
-        row["probe_all_threads"] = run_probe(splits, all_threads, "cpu")
-        print(f"{n_classes} classes  LinearProbe ({all_threads} threads): {row['probe_all_threads']}", flush=True)
-        if torch.cuda.is_available():
-            run_probe(splits, None, "cuda")  # warm-up: CUDA context and kernels
-            row["probe_cuda"] = run_probe(splits, None, "cuda")
-            print(f"{n_classes} classes  LinearProbe (cuda): {row['probe_cuda']}", flush=True)
-        row["linearsvc"] = run_linearsvc(splits)
-        print(f"{n_classes} classes  LinearSVC OvR: {row['linearsvc']}", flush=True)
-        row["load_after"] = load_average()
-        row["speedup"] = round(row["linearsvc"]["seconds"] / row["probe"]["seconds"], 1)
-        row["speedup_all_threads"] = round(row["linearsvc"]["seconds"] / row["probe_all_threads"]["seconds"], 1)
-        print(
-            f"{n_classes} classes  speed-up x{row['speedup']} ({all_threads} threads: x{row['speedup_all_threads']}); test accuracy "
-            f"probe {row['probe']['test_accuracy']:.4f} vs LinearSVC {row['linearsvc']['test_accuracy']:.4f}",
-            flush=True,
-        )
-        runs.append(row)
+    if args.full:
+        cells = FULL
+    elif args.cells or args.quick:
+        cells = args.cells or [(500, 192, 10)]
+    else:
+        cells = [] if args.scaling else SUBSET  # --scaling alone: only the per-row cost
+    previous = json.loads(args.out.read_text()) if args.out.exists() and not args.quick else {}
+    measured = {(c["n"], c["d"], c["classes"]): c for c in previous.get("cells", []) if "n" in c}
+    for index, (n, d, k) in enumerate(cells):
+        logistic_max = args.logistic_max or (math.inf if args.full else 3e7)
+        measured[(n, d, k)] = measure_cell(n, d, k, index, logistic_max)
+    ordered = [measured[key] for key in sorted(measured)]
     report = {
-        "command": "python benchmarks/bench_probe.py" + (" --quick" if args.quick else ""),
+        "command": previous.get("command") if not cells else "python benchmarks/bench_probe.py " + (
+            "--full" if args.full else f"--cells {','.join('x'.join(map(str, c)) for c in cells)}"),
         "Cs": [float(c) for c in CS],
-        "selection": "accuracy on the validation split, first maximum; refit on train + val",
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "platform": platform.platform(),
-            "torch": torch.__version__,
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "note": "shared development machine: other processes were running (see load averages)",
-        },
-        "runs": runs,
+        "selection": "accuracy on the validation split (n/4 rows), first maximum; refit on train + val",
+        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
+                    "note": "shared 2-core development machine, other processes running (see load and idle cores)"},
+        "cells": ordered,
+        "summary": summary(ordered),
+        "scaling": previous.get("scaling"),
     }
+    if args.scaling:
+        report["scaling"] = scaling(1280, 10)
+    print(json.dumps(report["summary"], indent=2))
     if not args.quick:
         atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.out}")

@@ -105,6 +105,78 @@ def test_fewer_samples_than_features_uses_plain_solver_and_matches(relu_digits):
     assert np.all(ours <= logistic_objective(W, b, X, Y, 0.5) * (1 + 1e-5))
 
 
+@pytest.fixture(scope="module")
+def wide_digits(digits):
+    """n < d twice over: 2304-dim ReLU features (wider than the rotation limit) of 400 digits."""
+    Xtr, ytr, Xva, yva, Xte, yte = digits
+    projection = np.random.default_rng(2).standard_normal((64, 2304)).astype(np.float32) / 8.0
+    relu = [np.maximum(part @ projection, 0) for part in (Xtr[:400], Xva[:200], Xte)]
+    relu = [part / np.linalg.norm(part, axis=1, keepdims=True) for part in relu]
+    return relu[0], ytr[:400], relu[1], yva[:200], relu[2], yte
+
+
+@pytest.mark.parametrize("C", [0.05, 5.0])
+def test_row_space_reduction_matches_linearsvc_when_rows_are_fewer_than_dims(wide_digits, C):
+    Xtr, ytr, _, _, Xte, yte = wide_digits
+    probe = LinearProbe(Cs=[C], device="cpu").fit(Xtr, ytr)
+    assert probe.solver_stats_["reduced"] == 1 and probe.solver_stats_["rotated"] == 1
+    assert probe.coef_.shape == (10, 2304)
+    ref = LinearSVC(C=C, tol=1e-6, max_iter=50000).fit(Xtr, ytr)
+    Y = one_vs_rest(ytr, probe.classes_)
+    ours = svm_objective(probe.coef_, probe.intercept_, Xtr, Y, C)
+    theirs = svm_objective(ref.coef_, ref.intercept_, Xtr, Y, C)
+    assert np.all(ours <= theirs * (1 + 1e-4) + 1e-6)
+    np.testing.assert_allclose(probe.coef_, ref.coef_, atol=0.02 * np.abs(ref.coef_).max())
+    # identical predictions up to ties: disagreements only where LinearSVC's top two scores tie
+    scores = np.sort(ref.decision_function(Xte), axis=1)
+    differ = probe.predict(Xte) != ref.predict(Xte)
+    assert np.all(scores[differ, -1] - scores[differ, -2] < 1e-2)
+    assert differ.mean() <= 0.005
+
+
+def test_row_space_reduction_is_exact_for_the_logistic_loss_with_a_free_bias(wide_digits):
+    Xtr, ytr, _, _, Xte, yte = wide_digits
+    C = 2.0
+    probe = LinearProbe(loss="logistic", Cs=[C], device="cpu").fit(Xtr, ytr)
+    assert probe.solver_stats_["reduced"] == 1
+    ref = OneVsRestClassifier(LogisticRegression(C=C, tol=1e-8, max_iter=10000)).fit(Xtr, ytr)
+    W = np.stack([est.coef_[0] for est in ref.estimators_])
+    b = np.array([est.intercept_[0] for est in ref.estimators_])
+    Y = one_vs_rest(ytr, probe.classes_)
+    assert np.all(logistic_objective(probe.coef_, probe.intercept_, Xtr, Y, C) <= logistic_objective(W, b, Xtr, Y, C) * (1 + 1e-5))
+    np.testing.assert_allclose(probe.intercept_, b, atol=5e-3 * max(1.0, np.abs(b).max()))
+    assert abs(probe.score(Xte, yte) - ref.score(Xte, yte)) <= 0.005
+
+
+def test_row_space_reduction_selects_the_same_C_as_the_sklearn_loop(wide_digits):
+    Xtr, ytr, Xva, yva, _, _ = wide_digits
+    Cs = [1e-3, 1e-1, 10.0]
+    probe = LinearProbe(Cs=Cs, device="cpu").fit(Xtr, ytr, Xva, yva)
+    accuracies = [LinearSVC(C=C, tol=1e-6, max_iter=50000).fit(Xtr, ytr).score(Xva, yva) for C in Cs]
+    assert probe.C_ == Cs[int(np.argmax(accuracies))]
+    np.testing.assert_allclose(probe.cv_scores_, accuracies, atol=0.005)
+    # the final model is the refit on train + val with the chosen C
+    full = LinearProbe(Cs=[probe.C_], device="cpu").fit(np.concatenate([Xtr, Xva]), np.concatenate([ytr, yva]))
+    np.testing.assert_allclose(probe.coef_, full.coef_, atol=1e-3 * np.abs(full.coef_).max())
+
+
+def test_thread_count_changes_rounding_only(relu_digits):
+    Xtr, ytr, Xva, yva, Xte, _ = relu_digits
+    one = LinearProbe(Cs=[0.1, 1.0], device="cpu", n_threads=1).fit(Xtr, ytr, Xva, yva)
+    two = LinearProbe(Cs=[0.1, 1.0], device="cpu", n_threads=2).fit(Xtr, ytr, Xva, yva)
+    assert one.solver_stats_["threads"] == 1 and two.solver_stats_["threads"] == 2
+    assert one.C_ == two.C_
+    np.testing.assert_allclose(one.coef_, two.coef_, atol=1e-4 * np.abs(one.coef_).max())
+    default = LinearProbe(Cs=[1.0], device="cpu").fit(Xtr, ytr)
+    assert 1 <= default.solver_stats_["threads"] <= max(1, __import__("os").cpu_count())
+
+
+def test_idle_core_measurement_is_within_the_machine():
+    from transferlab.heads.probe import idle_cores, usable_cores
+
+    assert 0.0 <= idle_cores() <= usable_cores()
+
+
 @pytest.mark.parametrize(("features", "C"), [("digits", 1.0), ("relu_digits", 0.1)])
 def test_logistic_matches_one_vs_rest_logistic_regression(features, C, request):
     Xtr, ytr, _, _, Xte, yte = request.getfixturevalue(features)
@@ -216,9 +288,10 @@ def test_kfold_selection_and_custom_scoring(digits):
 
 
 def test_two_fits_are_identical(relu_digits):
+    """Bitwise identical at a fixed thread count (the default measures idle cores per fit)."""
     Xtr, ytr, Xva, yva, _, _ = relu_digits
-    a = LinearProbe(Cs=[0.1, 1.0], device="cpu", seed=5).fit(Xtr, ytr)
-    b = LinearProbe(Cs=[0.1, 1.0], device="cpu", seed=5).fit(Xtr, ytr)
+    a = LinearProbe(Cs=[0.1, 1.0], device="cpu", seed=5, n_threads=1).fit(Xtr, ytr)
+    b = LinearProbe(Cs=[0.1, 1.0], device="cpu", seed=5, n_threads=1).fit(Xtr, ytr)
     np.testing.assert_array_equal(a.coef_, b.coef_)
     np.testing.assert_array_equal(a.intercept_, b.intercept_)
     assert a.C_ == b.C_

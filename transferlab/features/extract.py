@@ -21,6 +21,7 @@ import torch
 from transferlab.data.base import Split
 from transferlab.device import resolve_device  # noqa: F401  (re-exported for callers)
 from transferlab.errors import BadImageError, TransferlabError
+from transferlab.features.fold import FOLD_RECIPE
 from transferlab.features.images import ImageListDataset, extraction_workers, image_batches
 from transferlab.features.pooling import default_windows, pool, pooled_shape, validate_pooling
 from transferlab.features.store import FeatureStore, GroupKey, dataset_fingerprint, output_name
@@ -61,10 +62,11 @@ class SplitFeatures:
 
 
 def group_keys(source: Source, paths: Sequence[str], boxes, views: Sequence[str],
-               jpeg_draft: bool = False) -> dict[str, GroupKey]:
+               jpeg_draft: bool = False, fold_bn: bool = True) -> dict[str, GroupKey]:
     fingerprint = dataset_fingerprint(paths, boxes)
     # the pixel recipe is part of the identity: rows decoded or resampled another way never mix
-    recipe = PIXEL_RECIPE + ("+jpeg-draft" if jpeg_draft else "")
+    # (nor rows of a BatchNorm-folded forward, equal only up to float rounding)
+    recipe = PIXEL_RECIPE + ("+jpeg-draft" if jpeg_draft else "") + (FOLD_RECIPE if fold_bn else "")
     pre = json.dumps({**source.preprocessing.to_dict(), "pixels": recipe}, sort_keys=True)
     return {
         view: GroupKey(source.name, source.weights_id, pre, view, fingerprint, len(paths))
@@ -86,12 +88,15 @@ def extract(
     progress: bool = True,
     desc: str | None = None,
     jpeg_draft: bool = False,
-    compile_model: bool = False,
+    compile_model: bool | None = None,
+    fold_bn: bool = True,
 ) -> SplitFeatures:
     """Fill the store with every (layer, pooling, view) of ``split``; one forward per image
     and view, only for shards not already on disk. ``jpeg_draft`` decodes large JPEGs at a
     reduced scale (``features.images.read_image``), stored apart from full decodes.
-    ``compile_model`` runs the one-pass forward through ``torch.compile`` (``CompiledForward``)."""
+    ``compile_model`` runs the one-pass forward through ``torch.compile`` (``CompiledForward``);
+    None decides by the number of images (``features.speed.compile_pays``). ``fold_bn`` folds
+    BatchNorms into their convolutions for the forward (``features.fold``), keyed apart."""
     store = store or FeatureStore()
     poolings = [validate_pooling(p) for p in poolings]
     for view in views:
@@ -106,7 +111,7 @@ def extract(
     if not wanted:
         raise TransferlabError("no (layer, pooling) pair applies: vector layers take only avg/max")
     outputs = [output_name(layer.name, p) for layer, p in wanted]
-    keys = group_keys(source, split.paths, split.boxes, views, jpeg_draft)
+    keys = group_keys(source, split.paths, split.boxes, views, jpeg_draft, fold_bn)
     # forward only the views with something missing: another view's shards stay as they are
     todo: dict[int, set[str]] = {}
     run_keys: dict[str, GroupKey] = {}
@@ -119,7 +124,7 @@ def extract(
         start = time.perf_counter()
         result.forwarded_images, result.decode_seconds = _run(
             source, split, wanted, windows, list(run_keys), run_keys, store, todo, device, batch_size,
-            num_workers, on_bad_image, progress, desc, jpeg_draft, compile_model)
+            num_workers, on_bad_image, progress, desc, jpeg_draft, compile_model, fold_bn)
         result.seconds = time.perf_counter() - start
         hint = decode_hint(result.decode_seconds, result.seconds, jpeg_draft)
         if hint and progress:
@@ -145,11 +150,16 @@ def decode_hint(decode_seconds: float, seconds: float, jpeg_draft: bool) -> str 
 
 
 def _run(source, split, wanted, windows, views, keys, store, todo, device, batch_size, num_workers,
-         on_bad_image, progress, desc, jpeg_draft, compile_model) -> tuple[int, float]:
+         on_bad_image, progress, desc, jpeg_draft, compile_model, fold_bn) -> tuple[int, float]:
     from tqdm.auto import tqdm
+
+    from transferlab.features.fold import folded_for_inference
+    from transferlab.features.speed import compile_pays, use_compile_cache
 
     dev = resolve_device(device)
     model = source.model.to(dev).eval()
+    if fold_bn:
+        model = folded_for_inference(model, keep={layer.name for layer, _ in wanted})
     channels_last = dev.type == "cpu"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -166,8 +176,12 @@ def _run(source, split, wanted, windows, views, keys, store, todo, device, batch
     for layer, p in wanted:
         by_layer.setdefault(layer.name, []).append(p)
     pooled = PooledForward(source, model, by_layer, windows)
+    if compile_model is None:
+        compile_model = compile_pays(len(indices) * len(views), source, dev)
+    if compile_model:
+        use_compile_cache()
     forward = CompiledForward(pooled, batch_size, channels_last) if compile_model else pooled
-    shard_of = {i: i // _shard_size() for i in indices}
+    shard_size = _shard_size()
     buffers: dict[int, dict[str, list]] = {}
     bad_in_shard: dict[int, list[int]] = {}
     remaining = {shard: len(range(*store.shard_range(keys[views[0]], shard))) for shard in todo}
@@ -178,29 +192,30 @@ def _run(source, split, wanted, windows, views, keys, store, todo, device, batch
         with torch.inference_mode():
             for pixels, idx, reasons in batches:
                 images = source.preprocessing.normalize(pixels.to(dev, non_blocking=True))
-                good = {k for k, r in enumerate(reasons) if not r}
+                good = np.array([not r for r in reasons])
                 for k, reason in enumerate(reasons):
                     if reason:
                         i = int(idx[k])
                         if on_bad_image == "error":
                             raise BadImageError(split.paths[i], reason)
-                        bad_in_shard.setdefault(shard_of[i], []).append(i - shard_of[i] * _shard_size())
+                        bad_in_shard.setdefault(i // shard_size, []).append(i % shard_size)
                 per_view = {}
                 for view in views:
                     batch = images if view == "orig" else images.flip(-1)
                     with autocast:
                         outputs = forward(batch)
                     per_view[view] = {name: t.cpu().numpy() for name, t in outputs.items()}
-                for k in range(len(idx)):
-                    i = int(idx[k])
-                    shard = shard_of[i]
+                # whole-batch slices per shard (indices run in shard order): no per-image work
+                shards = idx.numpy() // shard_size
+                for shard in np.unique(shards).tolist():
+                    in_shard = shards == shard
+                    rows = np.flatnonzero(in_shard & good)
                     buf = buffers.setdefault(shard, {})
-                    if k in good:
-                        for view, arrays in per_view.items():
-                            for out, arr in arrays.items():
-                                if out in todo[shard]:
-                                    buf.setdefault(f"{view}\0{out}", []).append(arr[k])
-                    remaining[shard] -= 1
+                    for view, arrays in per_view.items():
+                        for out, arr in arrays.items():
+                            if out in todo[shard]:
+                                buf.setdefault(f"{view}\0{out}", []).append(arr[rows])
+                    remaining[shard] -= int(in_shard.sum())
                     if remaining[shard] == 0:
                         _flush(store, keys, shard, buffers.pop(shard, {}), todo[shard], wanted, windows,
                                bad_in_shard.get(shard, []))
@@ -301,7 +316,7 @@ def _flush(store, keys, shard, buf, outputs, wanted, windows, bad) -> None:
                 continue
             rows = buf.get(f"{view}\0{out}", [])
             shape = pooled_shape(layer.channels, layer.spatial, p, len(windows))
-            arrays[out] = np.stack(rows).astype(np.float32) if rows else np.zeros((0, *shape), np.float32)
+            arrays[out] = np.concatenate(rows).astype(np.float32, copy=False) if rows else np.zeros((0, *shape), np.float32)
         store.write_shard(key, shard, arrays, bad)
 
 

@@ -144,16 +144,22 @@ def image_batches(dataset: ImageListDataset, batch_size: int, num_workers: int,
     """(pixels (B, S, S, 3) uint8, dataset indices, failure reasons) per batch, in order.
 
     ``num_workers > 0`` uses DataLoader worker processes (prefetching, for a GPU); 0 decodes
-    each batch with a thread pool in the calling process."""
+    with a thread pool in the calling process, one batch ahead of the one being consumed."""
     if num_workers > 0:
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                             pin_memory=pin_memory, persistent_workers=False)
         for pixels, indices, reasons in loader:
             yield pixels, indices, list(reasons)
         return
+
+    def submit(start: int) -> list:
+        return [pool.submit(dataset.__getitem__, i) for i in range(start, min(start + batch_size, len(dataset)))]
+
     with ThreadPoolExecutor(decode_threads(), thread_name_prefix="decode") as pool:
+        pending = submit(0)
         for start in range(0, len(dataset), batch_size):
-            items = list(pool.map(dataset.__getitem__, range(start, min(start + batch_size, len(dataset)))))
+            items = [future.result() for future in pending]
+            pending = submit(start + batch_size)  # decoded while the caller forwards this batch
             yield (torch.stack([item[0] for item in items]),
                    torch.tensor([item[1] for item in items], dtype=torch.int64),
                    [item[2] for item in items])

@@ -26,6 +26,7 @@ warm-started from the previous solution.
 from __future__ import annotations
 
 import os
+import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -47,9 +48,9 @@ LOSSES = ("squared_hinge", "logistic")
 _ROTATE_MAX_DIM = 2048
 # Size of the leading eigen-block whose Hessian is inverted exactly in the preconditioner.
 _BLOCK = 64
-# Below this many feature entries (n x d) a CPU fit runs on one thread: per-op threading
-# overhead (and waiting for a descheduled thread on a busy machine) outweighs the gain.
-_SMALL_PROBLEM = 1 << 21
+# Below this many feature entries (n x d) a CPU fit runs on one thread: the ops are so short
+# that per-op threading overhead outweighs the gain even on an idle machine.
+_SMALL_PROBLEM = 1 << 17
 
 
 class _Design:
@@ -62,10 +63,19 @@ class _Design:
     ``reg_bias`` is 1 when the bias is regularised like a feature (LinearSVC), 0 when it is free.
     """
 
-    def __init__(self, X: torch.Tensor, reg_bias: float, rotate: bool):
+    def __init__(self, X: torch.Tensor, reg_bias: float, rotate: bool, span: bool = False):
         self.reg_bias = reg_bias
         self.rotated = rotate
         self.n = X.shape[0]
+        # Row-space reduction (n < d): every optimal w lies in the span of the training rows
+        # (the gradient of the loss is X^T dz, the regulariser is ||w||^2), so with the thin
+        # factorisation X^T = P R (P orthonormal, d x n) the problem in u = P^T w on the
+        # features X P = R^T is the same problem, of size n instead of d.
+        self.span_basis: torch.Tensor | None = None
+        if span:
+            P, R = torch.linalg.qr(X.T)
+            self.span_basis = P
+            X = R.T.contiguous()
         if rotate:
             Xt = torch.cat([X, torch.ones(self.n, 1, device=X.device, dtype=X.dtype)], 1)
             _, Q = torch.linalg.eigh((Xt.T @ Xt).double())
@@ -121,7 +131,10 @@ class _Design:
 
     def to_original(self, V: torch.Tensor) -> torch.Tensor:
         """[w; b] of shape (d + 1, H)."""
-        return self.Q @ V if self.rotated else V
+        V = self.Q @ V if self.rotated else V
+        if self.span_basis is not None:
+            V = torch.cat([self.span_basis @ V[:-1], V[-1:]])
+        return V
 
     def preconditioner(self, C: float, curv: torch.Tensor) -> _Preconditioner:
         """M^-1 for every head: diag of its Hessian, plus (rotated) its exact leading block."""
@@ -343,8 +356,8 @@ class LinearProbe(BaseEstimator):
     ``callable(y_true, scores) -> float`` (higher is better) replacing the default selection
     metric (accuracy, or mean non-interpolated AP for multilabel); ``device`` "auto", "cpu",
     "cuda"...; ``tol`` the solver's relative stopping test; ``seed`` fixes the folds;
-    ``n_threads`` torch CPU threads during fit (None: one thread for small problems, below
-    2M feature entries, else torch's setting capped at half the cores). Ties in the selection
+    ``n_threads`` torch CPU threads during fit (None: one thread below 128k feature entries,
+    else as many as there are idle cores at the start of the fit, measured, at least one). Ties in the selection
     go to the smallest C.
 
     After ``fit``: ``C_``, ``Cs_`` (sorted grid), ``cv_scores_`` (selection metric per C),
@@ -395,7 +408,9 @@ class LinearProbe(BaseEstimator):
             n_cols = np.shape(X)[1] if np.ndim(X) == 2 else 1
             threads = 1 if n_rows * n_cols < _SMALL_PROBLEM else _default_threads()
         with _torch_threads(threads):
-            return self._fit(Cs, device, X, y, X_val, y_val, groups)
+            self._fit(Cs, device, X, y, X_val, y_val, groups)
+        self.solver_stats_["threads"] = threads if threads is not None else torch.get_num_threads()
+        return self
 
     def _fit(self, Cs, device, X, y, X_val, y_val, groups=None) -> LinearProbe:
         X = _check_X(X, "X")
@@ -417,15 +432,17 @@ class LinearProbe(BaseEstimator):
         Yt = torch.from_numpy(Y_all).to(device)
         Lt = torch.from_numpy(L_all).to(device)
         n_classes = Y_all.shape[1]
-        # The rotation is a change of basis only (same solution); it pays for itself when d is
-        # moderate. The validation rows may enter it: nothing is learnt from them there.
-        d = Xt.shape[1]
-        rotate = d + 1 <= _ROTATE_MAX_DIM and len(Xt) >= d + 1
-        design = _Design(Xt, 1.0 if self.loss == "squared_hinge" else 0.0, rotate)
+        # With fewer rows than dimensions the problem is first reduced to the row space (size
+        # n). The rotation is a change of basis only (same solution); it pays for itself when
+        # the (reduced) dimension is moderate. The validation rows may enter both: nothing is
+        # learnt from them there (a fold's solution lies in the span of its own rows, a subset).
+        span = len(Xt) < Xt.shape[1]
+        width = len(Xt) if span else Xt.shape[1]
+        design = _Design(Xt, 1.0 if self.loss == "squared_hinge" else 0.0, width + 1 <= _ROTATE_MAX_DIM, span)
+        self.solver_stats_: dict[str, int] = {"reduced": int(span), "rotated": int(design.rotated)}
 
         self.Cs_ = Cs
         self.n_iter_ = 0
-        self.solver_stats_: dict[str, int] = {}
         if len(Cs) == 1:
             self.selection_ = "none"
             self.cv_scores_ = np.full(1, np.nan)
@@ -658,17 +675,50 @@ def _check_X(X, name: str) -> np.ndarray:
 
 
 def _default_threads() -> int:
-    """torch's thread count, capped at half the usable cores (one on a 2-core machine).
+    """As many torch threads as the machine has idle cores right now (at least one).
 
-    The solver runs thousands of short ops; when its threads outnumber the cores other
-    processes leave free, each op waits for a descheduled thread. On a shared 2-core machine
-    two threads measured up to 5x slower than one; leaving half the cores costs at most ~2x.
+    The solver runs thousands of short ops; a thread that has no free core to run on makes
+    every op wait for it (on a busy 2-core machine two threads measured up to 5x slower than
+    one), while on an idle machine each extra core cuts the time almost proportionally. So
+    the idle cores are measured (``idle_cores``) instead of assuming either machine.
     """
+    return max(1, min(torch.get_num_threads(), usable_cores(), round(idle_cores())))
+
+
+def usable_cores() -> int:
     try:
-        cores = len(os.sched_getaffinity(0))
+        return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(torch.get_num_threads(), cores // 2))
+        return os.cpu_count() or 1
+
+
+def idle_cores(window: float = 0.05) -> float:
+    """Cores left idle by every other process, measured over ``window`` seconds.
+
+    Linux: the idle share of ``/proc/stat``'s CPU time across the window (this process sleeps
+    meanwhile, so it counts itself as idle). Elsewhere: usable cores minus the 1-minute load.
+    """
+    def sample() -> tuple[int, int] | None:
+        try:
+            with open("/proc/stat") as handle:
+                fields = [int(v) for v in handle.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        return fields[3] + (fields[4] if len(fields) > 4 else 0), sum(fields)  # idle + iowait, total
+
+    cores = usable_cores()
+    first = sample()
+    if first is None:
+        try:
+            return max(0.0, cores - os.getloadavg()[0])
+        except (AttributeError, OSError):
+            return float(cores)
+    time.sleep(window)
+    second = sample()
+    total = second[1] - first[1] if second else 0
+    if total <= 0:
+        return float(cores)
+    return min(cores, (os.cpu_count() or cores) * (second[0] - first[0]) / total)
 
 
 @contextmanager

@@ -1,0 +1,55 @@
+"""When the one-off cost of ``torch.compile`` pays for itself, and where its cache lives.
+
+Measured for EfficientNet-Lite0 on 2 CPU cores (README, Benchmarks): compiling the one-pass
+forward takes ~40 s cold (a few seconds with inductor's on-disk cache warm) and then runs the
+forward ~1.3-1.5x faster, i.e. saves ~30 % of ~25 ms per 224 px image. It is chosen when the
+expected saving on this run exceeds the cold compile cost by a margin, on the CPU, with a C++
+compiler present (inductor needs one there). On a GPU the default stays eager.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import torch
+
+from transferlab.paths import cache_dir
+
+COMPILE_SECONDS = 40.0  # cold compile of the pooled forward, 2 CPU cores
+COMPILE_GAIN = 0.3  # share of the forward time compile saves
+MARGIN = 1.25
+
+
+def compile_pays(n_forwards: int, source, device: torch.device) -> bool:
+    """True when compiling should pay on this run: ``n_forwards`` images x views to forward."""
+    if device.type != "cpu" or not has_cxx_compiler():
+        return False
+    from transferlab.features.extract import estimate_seconds
+
+    saving = estimate_seconds(n_forwards, source) * COMPILE_GAIN
+    return saving > MARGIN * COMPILE_SECONDS
+
+
+def compile_break_even(source) -> int:
+    """The image count from which ``compile_pays`` says yes (for the docs and the CLI help)."""
+    from transferlab.features.extract import estimate_seconds
+
+    per_image = estimate_seconds(1, source) * COMPILE_GAIN
+    return int(MARGIN * COMPILE_SECONDS / per_image) + 1
+
+
+def has_cxx_compiler() -> bool:
+    return any(shutil.which(name) for name in (os.environ.get("CXX", ""), "g++", "c++", "clang++") if name)
+
+
+def use_compile_cache() -> None:
+    """Keep inductor's compiled kernels under transferlab's cache, so a later run reuses them
+    (unless the user already chose a folder)."""
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir("torchinductor")))
+    try:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.fx_graph_cache = True
+    except (ImportError, AttributeError):  # an older torch: its default caching applies
+        pass
