@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from transferlab.commands._common import parse_csv_list, print_json
+from transferlab.commands._common import non_negative_int, parse_csv_list, positive_int, print_json
 
 
 def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
@@ -36,9 +36,9 @@ def add_source_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda [auto]")
-    p.add_argument("--workers", type=int, help="decoding worker processes; 0 decodes each batch on threads "
+    p.add_argument("--workers", type=non_negative_int, help="decoding worker processes; 0 decodes each batch on threads "
                    "in this process [auto: 0 on the CPU, up to 8 feeding a GPU]")
     p.add_argument("--cache", help="FeatureStore folder [$TRANSFERLAB_CACHE/features]")
     p.add_argument("--on-bad-image", choices=["error", "skip"], default="error",

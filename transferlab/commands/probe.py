@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from transferlab.commands._common import print_json
+from transferlab.commands._common import non_negative_int, print_json
 from transferlab.commands.extract import add_runtime_arguments
 
 
@@ -36,7 +36,7 @@ def add_setting_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layer", default="-1", help="layer index from the top (-1, -2, ...) or module name [-1]")
     p.add_argument("--pool", default="avg", help="pooling [avg]")
     p.add_argument("--norm", default="l2", choices=["none", "l2", "power", "l2+power"], help="normalisation [l2]")
-    p.add_argument("--pca", type=int, default=0, help="PCA dims, 0 = none [0]")
+    p.add_argument("--pca", type=non_negative_int, default=0, help="PCA dims, 0 = none [0]")
     p.add_argument("--views", default="orig", choices=["orig", "orig+flip"], help="flip augmentation [orig]")
 
 
@@ -103,8 +103,8 @@ def run(args: argparse.Namespace) -> int:
         Cs = [float(c) for c in args.Cs.split(",") if c.strip()]
     except ValueError:
         raise TransferlabError(f"--Cs must be numbers, got {args.Cs!r}") from None
-    if not Cs or any(c <= 0 for c in Cs):
-        raise TransferlabError(f"--Cs must be positive numbers, got {args.Cs!r}")
+    if not Cs or any(not (0 < c < float("inf")) for c in Cs):
+        raise TransferlabError(f"--Cs must be positive finite numbers, got {args.Cs!r}")
     probe = ProbeConfig(loss=args.loss, Cs=Cs, class_weight=args.class_weight)
     if args.features:
         from transferlab.commands._exported import exported_task_and_features

@@ -41,6 +41,16 @@ def _is_ignored(name: str) -> bool:
     return name.startswith(".") or name.lower() in _OS_JUNK
 
 
+def _check_name(name: str, folder: Path | str) -> None:
+    """File names are written to items.csv and manifests as UTF-8; one that is not valid
+    UTF-8 (bytes from another locale) is refused, escaped so the message itself prints."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        raise TransferlabError(f"{folder}: file name '{shown}' is not valid UTF-8; rename it") from None
+
+
 def _check_extension(path: Path | str, where: str) -> None:
     suffix = os.path.splitext(str(path))[1].lower()
     if suffix not in IMAGE_EXTENSIONS:
@@ -89,6 +99,7 @@ def _list_class_folder(folder: Path) -> list[str]:
         for entry in sorted(entries, key=lambda e: e.name):
             if _is_ignored(entry.name):
                 continue
+            _check_name(entry.name, folder)
             if entry.is_dir():
                 raise TransferlabError(
                     f"{entry.path}: unexpected folder inside class folder {folder}; the layout is "
@@ -119,6 +130,7 @@ def read_image_folder(root: str | Path) -> TaskData:
             for entry in sorted(entries, key=lambda e: e.name):
                 if _is_ignored(entry.name):
                     continue
+                _check_name(entry.name, split_dir)
                 if not entry.is_dir():
                     raise TransferlabError(
                         f"{entry.path}: file directly in split folder {split_dir}; images go in "

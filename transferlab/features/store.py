@@ -195,10 +195,10 @@ class FeatureStore:
         path = folder / "bad.json"
         try:
             text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return []
-        except (OSError, UnicodeDecodeError) as exc:
-            return self._set_aside_shard(folder, f"bad.json unreadable ({exc})")
+        except (FileNotFoundError, NotADirectoryError):
+            return []  # not written yet (other OS errors, e.g. permissions, are the caller's to see)
+        except UnicodeDecodeError:
+            return self._set_aside_shard(folder, "bad.json is not text")
         start, stop = self.shard_range(key, shard)
         try:
             value = json.loads(text)
@@ -214,7 +214,7 @@ class FeatureStore:
         path = self._shard_file(key, shard, output)
         try:
             stat = path.stat()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return False
         identity = (str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
         if identity in self._verified:
@@ -224,7 +224,7 @@ class FeatureStore:
             record = json.loads(check.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return False  # written but its record not yet: a killed write, simply not done
-        except (OSError, ValueError) as exc:
+        except ValueError as exc:
             return self._set_aside(path, f"its checksum record {check.name} is unreadable ({type(exc).__name__})")
         start, stop = self.shard_range(key, shard)
         expected_rows = stop - start - len(bad)
