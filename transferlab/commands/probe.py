@@ -89,6 +89,19 @@ def task_and_features(args: argparse.Namespace, layer, pooling: str, views: list
     return task, FeatureSource(parts)
 
 
+def check_splits_not_empty(task, features, names: list[str]) -> None:
+    """A split whose images were all skipped as unreadable cannot be probed; say which and why
+    before any fit (otherwise: an obscure shape error from deep inside the probe)."""
+    from transferlab.errors import TransferlabError
+
+    for name in names:
+        if name in task.splits and len(features.kept(name)) == 0:
+            total = len(task.splits[name])
+            raise TransferlabError(
+                f"task {task.name}: split {name} has no images left: all {total} were skipped as unreadable "
+                "(--on-bad-image skip); fix or replace them, then clear them with `transferlab cache rm`")
+
+
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -116,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
         metric = get_task(args.task).metric
     if task.kind == "retrieval":
         raise TransferlabError(f"task {task.name} is a retrieval task; use `transferlab retrieve`")
+    check_splits_not_empty(task, features, ["train", "test", *(["val"] if "val" in task.splits else [])])
     row = evaluate_probe_job(Job(args.source or "features", task.name, setting, "probe"), task, features,
                              probe, metric)
     payload = {"task": task.name, "metric": metric, "value": row.value,
