@@ -83,6 +83,9 @@ def exported_task_and_features(folder: str | Path, setting):
     if not manifest_path.exists():
         raise TransferlabError(f"{folder}: no manifest.json (not a `transferlab extract --out` folder)")
     manifest = _read_manifest(manifest_path)
+    if "train" not in manifest["splits"] or "test" not in manifest["splits"]:
+        raise TransferlabError(f"{folder}: probing needs exported train and test splits (this export has "
+                               f"{', '.join(manifest['splits']) or 'none'})")
     splits: dict[str, Split] = {}
     handles: dict[str, _Handle] = {}
     label_names: list[list[str]] = []

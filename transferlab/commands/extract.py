@@ -17,7 +17,8 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
         "--layers -1,-2,-3,-4 --pool avg,max,grid2 --out feats/",
     )
     add_source_arguments(p)
-    p.add_argument("--data", required=True, help="dataset folder (image-folder or CSV layout) or a task name")
+    p.add_argument("--data", required=True, help="a task name, or a folder: ROOT/<split>/<class>/<image> (any of "
+                   "train/val/test), ROOT/<split>.csv, ROOT/<class>/<image> or a flat folder of photos")
     p.add_argument("--root", help="for a benchmark task given to --data: the folder it was extracted to")
     p.add_argument("--layers", default="-1", help="comma list: -1 (top), -2, ... or module names [-1]")
     p.add_argument("--pool", default="avg", help="comma list of avg,max,gem,grid1,grid2,grid3,rmac,windows [avg]")
@@ -60,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from transferlab.sources import load_source
 
     options = {"quick": True} if args.quick else {}
-    task = load_task(args.data, args.root, **options) if args.root else load_dataset(args.data, **options)
+    task = load_task(args.data, args.root, **options) if args.root else load_dataset(args.data, any_layout=True, **options)
     source = load_source(args.source, args.weights)
     store = FeatureStore(args.cache) if args.cache else FeatureStore()
     extracted = extract_task(
