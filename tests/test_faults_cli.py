@@ -124,7 +124,9 @@ def test_transferlab_cache_naming_a_file(tmp_path, capsys, monkeypatch):
     not_a_folder = tmp_path / "cachefile"
     not_a_folder.write_text("x")
     monkeypatch.setenv("TRANSFERLAB_CACHE", str(not_a_folder))
-    one_line_error(capsys, ["extract", *TINY, "--data", str(data)], "cachefile", "TRANSFERLAB_CACHE")
+    one_line_error(capsys, ["extract", *TINY, "--data", str(data)], "cachefile", "is a file, not a folder",
+                   "TRANSFERLAB_CACHE")
+    one_line_error(capsys, ["probe", *TINY, "--task", "digits", "--quick"], "cachefile", "TRANSFERLAB_CACHE")
 
 
 def test_read_only_cache_that_must_be_written(tmp_path, capsys):
@@ -281,3 +283,36 @@ def test_a_nested_relative_run_name_is_fine(tmp_path, capsys):
     config.write_text("name: group/mine\nsources: [efficientnet_lite0]\ntasks: [digits]\n")
     assert main(["study", str(config), "--dry-run", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["run_dir"] == str(Path("runs/group/mine"))
+
+
+def test_disk_full_under_the_run_directory_then_resume(tmp_path, capsys):
+    """A real full disk under RUN_DIR (SQLite's "database or disk is full", or ENOSPC from the
+    lock/report files): one line, the results committed so far intact, and a rerun finishes."""
+    import yaml
+
+    config = tmp_path / "s.yaml"
+    config.write_text(yaml.safe_dump({
+        "name": "full", "sources": [{"spec": "timm:mobilenetv3_small_050", "weights": "none"}],
+        "tasks": ["digits"], "quick": True, "optimal": False,
+        "factors": {"layers": [-1, -2], "pooling": ["avg", "max"], "pca_dims": [0, 8, 16]},
+        "probe": {"Cs": [1.0]}}))
+    argv = ["study", str(config), "--no-report", "--no-progress", "--cache", str(tmp_path / "cache")]
+    with tmpfs(tmp_path / "disk", "1m") as disk:
+        filler = disk / "filler.bin"
+        with open(filler, "wb") as handle, contextlib.suppress(OSError):
+            handle.write(b"\0" * (1 << 20))
+        filler.write_bytes(b"\0" * (filler.stat().st_size - 24 * 1024))  # ~24 kB left
+        run_dir = disk / "run"
+        code = main([*argv, "--out", str(run_dir)])
+        err = capsys.readouterr().err
+        assert code == 2 and "Traceback" not in err, err
+        line = [x for x in err.splitlines() if x.startswith("transferlab: error:")]
+        assert len(line) == 1 and ("full" in line[0] or "no space" in line[0]), err
+        assert "not a transferlab results database" not in line[0]  # a full disk is not a damaged file
+        filler.unlink()
+        if (run_dir / "results.sqlite").exists():
+            with sqlite3.connect(run_dir / "results.sqlite") as con:  # what was committed is whole
+                assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert main([*argv, "--out", str(run_dir)]) == 0, capsys.readouterr().err
+        with sqlite3.connect(run_dir / "results.sqlite") as con:
+            assert con.execute("SELECT COUNT(*) FROM results").fetchone()[0] == 1 + 1 + 1 + 2

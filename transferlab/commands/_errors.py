@@ -62,8 +62,9 @@ def describe(exc: BaseException) -> tuple[str, int]:
     module = type(exc).__module__
     if module == "sqlite3" or module.startswith("sqlite3."):
         text = str(exc)
-        if "full" in text:
-            return (f"the results database (RUN_DIR/results.sqlite) could not be written: {text}; free space on "
+        if "full" in text or "disk I/O" in text:
+            return (f"the results database (RUN_DIR/results.sqlite) could not be written: {text} (a full or "
+                    f"failing disk); free space on "
                     f"the run directory's disk or give --out on another disk; {_RESUME}"), EXIT_USER
         if "readonly" in text or "read-only" in text:
             return f"the results database is read-only ({text}); give a writable --out", EXIT_USER
