@@ -316,3 +316,20 @@ def test_disk_full_under_the_run_directory_then_resume(tmp_path, capsys):
         assert main([*argv, "--out", str(run_dir)]) == 0, capsys.readouterr().err
         with sqlite3.connect(run_dir / "results.sqlite") as con:
             assert con.execute("SELECT COUNT(*) FROM results").fetchone()[0] == 1 + 1 + 1 + 2
+
+
+@pytest.mark.parametrize("exc,fragments", [
+    (OSError(errno.ENOSPC, "No space left on device", "/d/x.npy"), ["/d/x.npy", "no space", "rerun to resume"]),
+    (PermissionError(errno.EACCES, "Permission denied", "/d/gt.txt"), ["/d/gt.txt", "permission denied"]),
+    (OSError(errno.EROFS, "Read-only file system", "/ro/c"), ["/ro/c", "read-only", "--cache"]),
+    (OSError(errno.EIO, "Input/output error", "/d/y"), ["/d/y", "input/output error"]),
+    (OSError("cannot identify image file"), ["cannot identify image file"]),
+    (FileExistsError(errno.EEXIST, "File exists", "/d/out"), ["/d/out", "already exists"]),
+])
+def test_os_errors_name_the_path_and_what_to_do(exc, fragments):
+    from transferlab.commands._errors import describe
+
+    message, status = describe(exc)
+    assert status == 2 and "\n" not in message
+    for fragment in fragments:
+        assert fragment in message, message

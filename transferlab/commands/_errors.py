@@ -51,7 +51,8 @@ def describe(exc: BaseException) -> tuple[str, int]:
     if isinstance(exc, TransferlabError):
         return _shown(exc), EXIT_USER
     if isinstance(exc, OSError):
-        meaning, advice = _OS_ADVICE.get(exc.errno, (exc.strerror or type(exc).__name__, f"{_RESUME} once it is fixed"))
+        fallback = exc.strerror or (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        meaning, advice = _OS_ADVICE.get(exc.errno, (fallback, f"{_RESUME} once it is fixed"))
         where = ""
         if exc.filename is not None:
             where = _shown(exc.filename)
