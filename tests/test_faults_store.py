@@ -150,3 +150,15 @@ def test_extraction_recomputes_a_damaged_shard(lite0, photo_dir, tmp_path, capsy
     again = extract(lite0, split, layers, ["avg"], store=FeatureStore(tmp_path / "features"), progress=False)
     assert again.forwarded_images == 3 and "damaged" in capsys.readouterr().err
     assert np.allclose(again.get("features", "avg"), first, atol=1e-5)
+
+
+@pytest.mark.parametrize("batch_size", [0, -2])
+def test_extract_api_refuses_a_batch_size_below_one(lite0, photo_dir, tmp_path, batch_size):
+    from transferlab.data.base import Split
+    from transferlab.features.extract import extract
+
+    split = Split("train", [str(next(photo_dir.glob("*.jpg")))], np.zeros(1, np.int64))
+    with pytest.raises(TransferlabError, match="batch size must be >= 1"):
+        extract(lite0, split, lite0.resolve_layers([-1]), ["avg"], store=FeatureStore(tmp_path),
+                progress=False, batch_size=batch_size)
+    assert not any(tmp_path.rglob("*.npy"))
