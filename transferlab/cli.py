@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-from transferlab.errors import TransferlabError
+from transferlab.commands._errors import report, wants_json
 
 # Order is the order shown in --help. A module missing from the package is skipped.
 COMMAND_MODULES = [
@@ -31,10 +31,25 @@ COMMAND_MODULES = [
 ]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are also a JSON object on stdout when --json was given
+    (sub-parsers inherit the class), so scripts can always parse stdout."""
+
+    json_errors = False
+
+    def error(self, message: str):  # type: ignore[override]
+        if _Parser.json_errors:
+            import json
+
+            sys.stdout.write(json.dumps({"error": f"{self.prog}: {message}", "type": "UsageError",
+                                         "exit_status": 2}) + "\n")
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parent = argparse.ArgumentParser(add_help=False)
+    parent = _Parser(add_help=False)
     parent.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="transferlab",
         description="Which ConvNet representation transfers best to my task, and how much does each choice matter?",
         parents=[parent],
@@ -71,25 +86,30 @@ def _join_negative_values(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(_join_negative_values(list(sys.argv[1:] if argv is None else argv)))
+    argv = _join_negative_values(list(sys.argv[1:] if argv is None else argv))
+    _Parser.json_errors = wants_json(argv)
+    args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    as_json = bool(getattr(args, "json", False) or getattr(args, "show_json", False))
     try:
         return int(args.func(args) or 0)
-    except TransferlabError as exc:
-        if args.debug:
-            raise
-        print(f"transferlab: error: {exc}", file=sys.stderr)
-        return 2
     except BrokenPipeError:  # e.g. `transferlab ... --json | head`
         import os
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except KeyboardInterrupt:
+        if as_json:
+            sys.stdout.write('{"error": "interrupted; finished work is kept, rerun to resume", '
+                             '"type": "KeyboardInterrupt", "exit_status": 130}\n')
         print("transferlab: interrupted; finished work is kept, rerun to resume", file=sys.stderr)
         return 130
+    except Exception as exc:  # one line (commands._errors), never a traceback unless --debug
+        if args.debug:
+            raise
+        return report(exc, as_json)
 
 
 if __name__ == "__main__":

@@ -364,9 +364,11 @@ class _RankIndex:
         pos = self.positions(q)
 
         def ranked(idx: np.ndarray) -> np.ndarray:
+            # unique positions: an id listed twice (Easy's junk = junk + hard can repeat one)
+            # is one ranked item, as the kit's np.in1d over the ranking counts it
             inside = idx[idx < self.db_size]
             p = pos[inside]
-            return np.sort(p[p < self.n_ranked])
+            return np.unique(p[p < self.n_ranked])
 
         p_ranks = ranked(positives)
         j_ranks = ranked(junk)

@@ -19,7 +19,12 @@ def cache_root() -> Path:
     Always absolute (a relative value is taken from the current directory); not created here.
     """
     value = os.environ.get(CACHE_ENV, "").strip() or DEFAULT_CACHE
-    return Path(value).expanduser().absolute()
+    root = Path(value).expanduser().absolute()
+    if root.exists() and not root.is_dir():
+        from transferlab.errors import TransferlabError
+
+        raise TransferlabError(f"{CACHE_ENV}={value}: {root} is a file, not a folder; point {CACHE_ENV} at a folder")
+    return root
 
 
 def cache_dir(*parts: str, create: bool = True) -> Path:

@@ -279,9 +279,16 @@ def max_log_evidence(
         gamma = float(np.sum(sigma / (sigma + t)))
         m2 = float(np.sum(sigma * x2 / (sigma + t) ** 2))
         res2 = float(np.sum(x2 * (t / (sigma + t)) ** 2)) + rest
-        alpha = max(gamma, tiny) / max(m2, tiny)
-        beta = (n - gamma) / max(res2, tiny)
-        evidence = log_evidence(alpha, beta, x2, rest, sigma, n, d)
+        new_alpha = max(gamma, tiny) / max(m2, tiny)
+        new_beta = (n - gamma) / max(res2, tiny)
+        # with n < d the fit can become exact: gamma -> n drives beta to 0 (or alpha/beta out of
+        # range) long before convergence; the bounded search below handles that boundary
+        if not (0 < new_beta < math.inf and 0 < new_alpha < math.inf and 0 < new_alpha / new_beta < math.inf):
+            break
+        candidate = log_evidence(new_alpha, new_beta, x2, rest, sigma, n, d)
+        if not math.isfinite(candidate):
+            break
+        alpha, beta, evidence = new_alpha, new_beta, candidate
         if abs(alpha / beta - t) <= tol * t or abs(evidence - previous) <= 1e-13 * max(1.0, abs(evidence)):
             return evidence, alpha, beta
         previous = evidence
@@ -296,7 +303,7 @@ def max_log_evidence(
         options={"xatol": 1e-9},
     )
     polished, beta_star = profile_log_evidence(math.exp(found.x), x2, rest, sigma, n)
-    if polished > evidence:
+    if math.isfinite(polished) and (polished > evidence or not math.isfinite(evidence)):
         return polished, math.exp(found.x) * beta_star, beta_star
     return evidence, alpha, beta
 

@@ -29,3 +29,41 @@ def print_json(payload: Any) -> None:
 
 def parse_csv_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _number(kind: type, text: str, low: float, inclusive: bool, what: str, high: float | None = None):
+    import argparse
+    import math
+
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+    if not math.isfinite(value) or value < low or (value == low and not inclusive) or (high is not None and value >= high):
+        raise argparse.ArgumentTypeError(f"{text!r}: must be {what}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (batch sizes, epochs, counts)."""
+    return _number(int, text, 1, True, "an integer >= 1")
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0 (workers, QE, PCA dims, patience; 0 = off/none)."""
+    return _number(int, text, 0, True, "an integer >= 0")
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (learning rates, scales)."""
+    return _number(float, text, 0.0, False, "a finite number > 0")
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number >= 0 (weight decay)."""
+    return _number(float, text, 0.0, True, "a finite number >= 0")
+
+
+def unit_interval(text: str) -> float:
+    """argparse type: a number in [0, 1) (momentum, dropout)."""
+    return _number(float, text, 0.0, True, "a number in [0, 1)", high=1.0)

@@ -24,7 +24,17 @@ class _Handle:
         path = self.folder / f"{name}__{pooling}{suffix}.npy"
         if not path.exists():
             raise TransferlabError(f"{path} not found: export it with transferlab extract --out")
-        return np.load(path, mmap_mode="r")
+        try:
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise TransferlabError(f"{path}: truncated or damaged array ({reason}); export it again with "
+                                   "transferlab extract --out") from None
+        if array.ndim < 2 or array.shape[0] != self.kept_count:
+            raise TransferlabError(
+                f"{path}: {array.shape[0] if array.ndim else 0} rows but {self.folder / 'items.csv'} lists "
+                f"{self.kept_count} images; the folder mixes exports, extract it again")
+        return array
 
     @property
     def kept(self) -> np.ndarray:
@@ -43,6 +53,28 @@ class _Exported:
     splits: dict[str, _Handle]
 
 
+_MANIFEST_FIELDS = {"splits": dict, "layers": list}
+
+
+def _read_manifest(path: Path) -> dict:
+    """manifest.json, checked for the fields a probe reads; a problem names the file."""
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise TransferlabError(f"{path}: not UTF-8 text; export the folder again") from None
+    except json.JSONDecodeError as exc:
+        raise TransferlabError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}); export the folder again") from None
+    if not isinstance(manifest, dict):
+        raise TransferlabError(f"{path}: not a JSON object; export the folder again")
+    for key, kind in _MANIFEST_FIELDS.items():
+        if not isinstance(manifest.get(key), kind):
+            raise TransferlabError(f"{path}: field {key!r} is missing or not a {kind.__name__}; export the folder again")
+    for entry in manifest["layers"]:
+        if not isinstance(entry, dict) or "name" not in entry or "index" not in entry:
+            raise TransferlabError(f"{path}: field 'layers' holds an entry without name and index")
+    return manifest
+
+
 def exported_task_and_features(folder: str | Path, setting):
     from transferlab.study.evaluation import FeatureSource
 
@@ -50,17 +82,36 @@ def exported_task_and_features(folder: str | Path, setting):
     manifest_path = folder / "manifest.json"
     if not manifest_path.exists():
         raise TransferlabError(f"{folder}: no manifest.json (not a `transferlab extract --out` folder)")
-    manifest = json.loads(manifest_path.read_text())
+    manifest = _read_manifest(manifest_path)
+    if "train" not in manifest["splits"] or "test" not in manifest["splits"]:
+        raise TransferlabError(f"{folder}: probing needs exported train and test splits (this export has "
+                               f"{', '.join(manifest['splits']) or 'none'})")
     splits: dict[str, Split] = {}
     handles: dict[str, _Handle] = {}
     label_names: list[list[str]] = []
     for name in manifest["splits"]:
         items = folder / name / "items.csv"
-        with open(items, newline="", encoding="utf-8") as handle:
-            rows = list(csv.reader(handle))
+        if not items.is_file():
+            raise TransferlabError(f"{items} is missing: the manifest lists split {name}; export it again")
+        try:
+            with open(items, newline="", encoding="utf-8") as handle:
+                rows = list(csv.reader(handle))
+        except UnicodeDecodeError as exc:
+            raise AnnotationError(items, f"not UTF-8 text ({exc.reason})") from None
+        except csv.Error as exc:
+            raise AnnotationError(items, f"malformed CSV ({exc})") from None
         if not rows or rows[0] != ["path", "label"]:
             raise AnnotationError(items, "header must be path,label", line=1)
         body = rows[1:]
+        for line, row in enumerate(body, start=2):
+            if len(row) != 2:
+                raise AnnotationError(items, f"expected 2 fields (path,label), found {len(row)}", line=line)
+        if not body:
+            skipped = len(manifest.get("skipped", {}).get(name, []))
+            why = (f"all {skipped} of its images were skipped as unreadable (see the manifest's 'skipped')"
+                   if skipped else "items.csv lists no images")
+            raise TransferlabError(f"{folder}: split {name} has no images: {why}; a probe needs images in "
+                                   "train and test")
         splits[name] = Split(name, [r[0] for r in body], np.zeros(len(body), dtype=np.int64))
         label_names.append([r[1] for r in body])
         handles[name] = _Handle(folder / name, len(body))

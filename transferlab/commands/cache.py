@@ -38,5 +38,12 @@ def run(args: argparse.Namespace) -> int:
     if not args.group and not args.all:
         raise TransferlabError("cache rm needs a group id or --all")
     removed = store.remove(None if args.all else args.group)
+    foreign = store.foreign_entries()
+    if args.json:
+        print_json({"root": str(store.root), "removed": removed, "left_in_place": foreign})
+        return 0
     print(f"removed {removed} group(s) from {store.root}")
+    if foreign:
+        shown = ", ".join(foreign[:10]) + (f" (+{len(foreign) - 10} more)" if len(foreign) > 10 else "")
+        print(f"left in place (not FeatureStore groups): {shown}")
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from transferlab.commands._common import parse_csv_list, print_json
+from transferlab.commands._common import non_negative_int, parse_csv_list, positive_int, print_json
 
 
 def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
@@ -17,7 +17,8 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
         "--layers -1,-2,-3,-4 --pool avg,max,grid2 --out feats/",
     )
     add_source_arguments(p)
-    p.add_argument("--data", required=True, help="dataset folder (image-folder or CSV layout) or a task name")
+    p.add_argument("--data", required=True, help="a task name, or a folder: ROOT/<split>/<class>/<image> (any of "
+                   "train/val/test), ROOT/<split>.csv, ROOT/<class>/<image> or a flat folder of photos")
     p.add_argument("--root", help="for a benchmark task given to --data: the folder it was extracted to")
     p.add_argument("--layers", default="-1", help="comma list: -1 (top), -2, ... or module names [-1]")
     p.add_argument("--pool", default="avg", help="comma list of avg,max,gem,grid1,grid2,grid3,rmac,windows [avg]")
@@ -36,9 +37,9 @@ def add_source_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda [auto]")
-    p.add_argument("--workers", type=int, help="decoding worker processes; 0 decodes each batch on threads "
+    p.add_argument("--workers", type=non_negative_int, help="decoding worker processes; 0 decodes each batch on threads "
                    "in this process [auto: 0 on the CPU, up to 8 feeding a GPU]")
     p.add_argument("--cache", help="FeatureStore folder [$TRANSFERLAB_CACHE/features]")
     p.add_argument("--on-bad-image", choices=["error", "skip"], default="error",
@@ -60,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from transferlab.sources import load_source
 
     options = {"quick": True} if args.quick else {}
-    task = load_task(args.data, args.root, **options) if args.root else load_dataset(args.data, **options)
+    task = load_task(args.data, args.root, **options) if args.root else load_dataset(args.data, any_layout=True, **options)
     source = load_source(args.source, args.weights)
     store = FeatureStore(args.cache) if args.cache else FeatureStore()
     extracted = extract_task(

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import argparse
 
-from transferlab.commands._common import print_json
+from transferlab.commands._common import (
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    print_json,
+)
 
 
 def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
@@ -30,19 +36,19 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
     p.add_argument("--out", required=True, help="output folder (checkpoint.pt, model.safetensors, heads.safetensors, source.json)")
     p.add_argument("--blocks", default="all",
                    help="'all' (whole network), K (top K representation blocks) or 0 (heads only) [all]")
-    p.add_argument("--epochs", type=int, default=10, help="maximum epochs [10]")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, help="peak learning rate [0.01 sgd, 1e-4 adamw]")
-    p.add_argument("--head-lr-scale", type=float,
+    p.add_argument("--epochs", type=positive_int, default=10, help="maximum epochs [10]")
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--lr", type=positive_float, help="peak learning rate [0.01 sgd, 1e-4 adamw]")
+    p.add_argument("--head-lr-scale", type=positive_float,
                    help="the heads' learning rate is lr x this [1 sgd, 10 adamw]")
     p.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd")
-    p.add_argument("--weight-decay", type=float, help="[1e-4 sgd, 0.01 adamw]")
-    p.add_argument("--patience", type=int, default=3, help="early stopping: epochs without validation gain; 0 = off [3]")
-    p.add_argument("--input-size", type=int, help="train and evaluate at this input size instead of the source's")
+    p.add_argument("--weight-decay", type=non_negative_float, help="[1e-4 sgd, 0.01 adamw]")
+    p.add_argument("--patience", type=non_negative_int, default=3, help="early stopping: epochs without validation gain; 0 = off [3]")
+    p.add_argument("--input-size", type=positive_int, help="train and evaluate at this input size instead of the source's")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="built-in tasks: the small quick version")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda [auto]")
-    p.add_argument("--workers", type=int, help="DataLoader decoding workers [auto]")
+    p.add_argument("--workers", type=non_negative_int, help="DataLoader decoding workers [auto]")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars and epoch lines")
     p.add_argument("--json", action="store_true", help="print the test metrics with the full configuration as JSON")
     p.set_defaults(func=run)

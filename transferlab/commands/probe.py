@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from transferlab.commands._common import print_json
+from transferlab.commands._common import non_negative_int, print_json
 from transferlab.commands.extract import add_runtime_arguments
 
 
@@ -36,7 +36,7 @@ def add_setting_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layer", default="-1", help="layer index from the top (-1, -2, ...) or module name [-1]")
     p.add_argument("--pool", default="avg", help="pooling [avg]")
     p.add_argument("--norm", default="l2", choices=["none", "l2", "power", "l2+power"], help="normalisation [l2]")
-    p.add_argument("--pca", type=int, default=0, help="PCA dims, 0 = none [0]")
+    p.add_argument("--pca", type=non_negative_int, default=0, help="PCA dims, 0 = none [0]")
     p.add_argument("--views", default="orig", choices=["orig", "orig+flip"], help="flip augmentation [orig]")
 
 
@@ -89,6 +89,19 @@ def task_and_features(args: argparse.Namespace, layer, pooling: str, views: list
     return task, FeatureSource(parts)
 
 
+def check_splits_not_empty(task, features, names: list[str]) -> None:
+    """A split whose images were all skipped as unreadable cannot be probed; say which and why
+    before any fit (otherwise: an obscure shape error from deep inside the probe)."""
+    from transferlab.errors import TransferlabError
+
+    for name in names:
+        if name in task.splits and len(features.kept(name)) == 0:
+            total = len(task.splits[name])
+            raise TransferlabError(
+                f"task {task.name}: split {name} has no images left: all {total} were skipped as unreadable "
+                "(--on-bad-image skip); fix or replace them, then clear them with `transferlab cache rm`")
+
+
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -103,8 +116,8 @@ def run(args: argparse.Namespace) -> int:
         Cs = [float(c) for c in args.Cs.split(",") if c.strip()]
     except ValueError:
         raise TransferlabError(f"--Cs must be numbers, got {args.Cs!r}") from None
-    if not Cs or any(c <= 0 for c in Cs):
-        raise TransferlabError(f"--Cs must be positive numbers, got {args.Cs!r}")
+    if not Cs or any(not (0 < c < float("inf")) for c in Cs):
+        raise TransferlabError(f"--Cs must be positive finite numbers, got {args.Cs!r}")
     probe = ProbeConfig(loss=args.loss, Cs=Cs, class_weight=args.class_weight)
     if args.features:
         from transferlab.commands._exported import exported_task_and_features
@@ -116,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
         metric = get_task(args.task).metric
     if task.kind == "retrieval":
         raise TransferlabError(f"task {task.name} is a retrieval task; use `transferlab retrieve`")
+    check_splits_not_empty(task, features, ["train", "test", *(["val"] if "val" in task.splits else [])])
     row = evaluate_probe_job(Job(args.source or "features", task.name, setting, "probe"), task, features,
                              probe, metric)
     payload = {"task": task.name, "metric": metric, "value": row.value,

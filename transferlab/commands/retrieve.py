@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from transferlab.commands._common import print_json
+from transferlab.commands._common import non_negative_int, print_json
 from transferlab.commands.extract import add_runtime_arguments
 from transferlab.commands.probe import add_setting_arguments, setting_from, task_and_features
 
@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
     add_setting_arguments(p)
     p.add_argument("--whiten-on", help="a retrieval task whose database fits the PCA-whitening (e.g. paris6k)")
     p.add_argument("--whiten-root", help="folder of the --whiten-on task")
-    p.add_argument("--qe", type=int, default=0, help="average query expansion with the top K [0 = off]")
+    p.add_argument("--qe", type=non_negative_int, default=0, help="average query expansion with the top K [0 = off]")
     p.add_argument("--spatial-search", action="store_true",
                    help="Razavian et al. spatial search over sub-windows (overrides --pool)")
     p.add_argument("--metric", choices=["cosine", "l2"], default="cosine")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from transferlab.commands._common import parse_csv_list, print_json
+from transferlab.commands._common import non_negative_int, parse_csv_list, print_json
 
 
 def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
     p.add_argument("--pool", default="avg,max,grid2", help="comma list of poolings [avg,max,grid2]")
     p.add_argument("--score", choices=["logme", "knn", "hscore"], default="logme",
                    help="logme (You et al. 2021), knn (leave-one-out 1-NN accuracy), hscore (Bao et al. 2019)")
-    p.add_argument("--confirm", type=int, default=3, help="probe the top K candidates [3]")
+    p.add_argument("--confirm", type=non_negative_int, default=3, help="probe the top K candidates [3]")
     p.add_argument("--full", action="store_true", help="probe every candidate; report score-probe agreement")
     p.add_argument("--Cs", default="0.01,0.1,1,10,100", help="probe C grid, comma separated [0.01,...,100]")
     from transferlab.commands.extract import add_runtime_arguments
@@ -52,8 +52,8 @@ def run(args: argparse.Namespace) -> int:
         Cs = [float(c) for c in parse_csv_list(args.Cs)]
     except ValueError:
         raise TransferlabError(f"--Cs must be numbers, got {args.Cs!r}") from None
-    if not Cs or any(c <= 0 for c in Cs):
-        raise TransferlabError(f"--Cs must be positive numbers, got {args.Cs!r}")
+    if not Cs or any(not (0 < c < float("inf")) for c in Cs):
+        raise TransferlabError(f"--Cs must be positive finite numbers, got {args.Cs!r}")
     sources, layers, poolings = parse_csv_list(args.sources), _layers(args.layers), parse_csv_list(args.pool)
     if not sources or not layers or not poolings:
         raise TransferlabError("--sources, --layers and --pool each need at least one value")

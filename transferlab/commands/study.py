@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from transferlab.study.plan import make_plan
 
     config = load_config(args.config)
-    run_dir = Path(args.out or Path("runs") / config.name)
+    run_dir = Path(args.out) if args.out else default_run_dir(config.name, args.config)
     if args.dry_run:
         plan = make_plan(config)
         done = _done_keys(run_dir)
@@ -61,6 +61,20 @@ def run(args: argparse.Namespace) -> int:
     else:
         print_run_summary(run_dir, result, report)
     return 1 if result.failures else 0
+
+
+def default_run_dir(name: str, config_path: str):
+    """runs/<name>; a name that would put the run elsewhere (absolute, or climbing with ..)
+    is refused: a typo there must not write into, or lock, some other folder."""
+    from pathlib import Path, PurePath
+
+    from transferlab.errors import TransferlabError
+
+    parts = PurePath(name).parts
+    if not name.strip() or PurePath(name).is_absolute() or ".." in parts or "~" in name[:1]:
+        raise TransferlabError(f"{config_path}: study name {name!r} is not a plain run name (it would write "
+                               "outside runs/); give --out RUN_DIR, or a name without '..' and not starting with '/' or '~'")
+    return Path("runs") / name
 
 
 def _done_keys(run_dir) -> set[str]:

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from transferlab.commands._common import parse_csv_list, print_json
+from transferlab.commands._common import (
+    non_negative_float,
+    non_negative_int,
+    parse_csv_list,
+    positive_float,
+    positive_int,
+    print_json,
+    unit_interval,
+)
 
 
 def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
@@ -24,21 +32,21 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
                    help="task name, dataset folder or NAME=ROOT; repeat for a Hybrid (union of label spaces)")
     p.add_argument("--root", help="with one benchmark --task: the folder it was extracted to")
     p.add_argument("--quick", action="store_true", help="built-in tasks: the small quick version")
-    p.add_argument("--resolution", type=int, default=32, help="input size in px, 32 and up [32]")
-    p.add_argument("--epochs", type=int, default=10, help="[10]")
+    p.add_argument("--resolution", type=positive_int, default=32, help="input size in px, 32 and up [32]")
+    p.add_argument("--epochs", type=positive_int, default=10, help="[10]")
     p.add_argument("--snapshots", default="", help="comma list of epochs whose weights are kept, e.g. 1,2,5")
-    p.add_argument("--classes", type=int, help="train on a seeded subset of N classes")
-    p.add_argument("--images-per-class", type=int, help="and M seeded training images of each")
-    p.add_argument("--lr", type=float, help="SGD learning rate [0.02 with BatchNorm, 0.01 without]")
-    p.add_argument("--momentum", type=float, default=0.9, help="[0.9]")
-    p.add_argument("--weight-decay", type=float, default=5e-4, help="on conv/fc weights [5e-4]")
+    p.add_argument("--classes", type=positive_int, help="train on a seeded subset of N classes")
+    p.add_argument("--images-per-class", type=positive_int, help="and M seeded training images of each")
+    p.add_argument("--lr", type=positive_float, help="SGD learning rate [0.02 with BatchNorm, 0.01 without]")
+    p.add_argument("--momentum", type=unit_interval, default=0.9, help="[0.9]")
+    p.add_argument("--weight-decay", type=non_negative_float, default=5e-4, help="on conv/fc weights [5e-4]")
     p.add_argument("--schedule", default="cosine", choices=["cosine", "step"],
                    help="cosine to 0, or x0.1 at 50%% and 75%% of the epochs [cosine]")
-    p.add_argument("--batch-size", type=int, default=128, help="[128]")
+    p.add_argument("--batch-size", type=positive_int, default=128, help="[128]")
     p.add_argument("--no-batch-norm", action="store_true", help="plain AlexNet/VGG convs (no BatchNorm)")
-    p.add_argument("--dropout", type=float, default=0.5, help="after fc6 and fc7 [0.5]")
+    p.add_argument("--dropout", type=unit_interval, default=0.5, help="after fc6 and fc7 [0.5]")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda [auto]")
-    p.add_argument("--workers", type=int, help="image decoding workers [auto]")
+    p.add_argument("--workers", type=non_negative_int, help="image decoding workers [auto]")
     p.add_argument("--seed", type=int, default=0, help="initial weights, subset, shuffles, augmentation [0]")
     p.add_argument("--out", required=True, help="output folder (weights, snapshots, source.json, checkpoint)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")

@@ -112,6 +112,8 @@ def extract_task(
 def export_features(source: Source, task: TaskData, features: TaskFeatures, out: str | Path) -> dict:
     """Write the arrays, item lists and manifest under ``out`` (each file atomically)."""
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise TransferlabError(f"--out {out} is a file, not a folder; give a folder (it is created if missing)")
     all_splits = image_splits(task)
     for name, feats in features.splits.items():
         split = all_splits[name]

@@ -106,6 +106,8 @@ def extract(
         raise TransferlabError("--on-bad-image must be 'error' or 'skip'")
     if len(split) == 0:
         raise TransferlabError(f"split {split.name} has no images")
+    if batch_size < 1:
+        raise TransferlabError(f"batch size must be >= 1, got {batch_size}")
     windows = default_windows()
     wanted = [(layer, p) for layer in layers for p in poolings if _pool_applies(layer, p)]
     if not wanted:

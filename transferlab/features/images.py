@@ -14,11 +14,13 @@ import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from transferlab.data.base import Box
+from transferlab.errors import BadImageError
 
 _JPEG_MAGIC = b"\xff\xd8\xff"
 
@@ -33,7 +35,35 @@ def decode_rgb(path: str) -> Image.Image:
             return decoded
     with Image.open(path) as handle:
         handle.load()
-        return handle.convert("RGB")
+        return to_rgb8(handle, path)
+
+
+def to_rgb8(image: Image.Image, path: str = "<image>") -> Image.Image:
+    """8-bit RGB of any PIL mode. PIL's own ``convert("RGB")`` clips wide modes (a 16-bit PNG
+    comes out all 255, a float TIFF in [0, 1] all black), so those are scaled here:
+    ``I;16*`` by 255/65535; ``I`` (32-bit int) as 16-bit when its values fit in [0, 65535],
+    else stretched over its range; ``F`` kept when in [0, 255], x255 when in [0, 1], else
+    stretched over its range. Non-finite floats are refused naming the file and mode."""
+    mode = image.mode
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        values = np.asarray(image).astype(np.float64)
+        if not np.isfinite(values).all():
+            raise BadImageError(path, f"mode {mode} image holds NaN or infinite values")
+        low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+        if mode.startswith("I;16") or (mode == "I" and low >= 0 and high <= 65535):
+            scaled = values / 257.0
+        elif mode == "F" and low >= 0 and high <= 1:
+            scaled = values * 255.0
+        elif mode == "F" and low >= 0 and high <= 255:
+            scaled = values
+        else:
+            scaled = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
+        gray = np.clip(np.round(scaled), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray).convert("RGB")
+    try:
+        return image.convert("RGB")
+    except (ValueError, OSError) as exc:
+        raise BadImageError(path, f"mode {mode} cannot be converted to RGB ({exc})") from None
 
 
 def _decode_jpeg(data: bytes) -> Image.Image | None:

@@ -34,11 +34,14 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
         except Exception as exc:  # safetensors raises several types
             raise TransferlabError(f"{path}: not a readable safetensors file ({exc})") from None
     else:
+        if path.stat().st_size == 0:
+            raise TransferlabError(f"{path}: the weights file is empty (0 bytes); download or copy it again")
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise TransferlabError(
-                f"{path}: cannot load with weights_only=True ({str(exc).splitlines()[0]}); "
+                f"{path}: cannot load with weights_only=True ({reason}); "
                 "convert it to safetensors or a plain state dict"
             ) from None
     return unwrap_state_dict(state, path)

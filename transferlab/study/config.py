@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -18,6 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from transferlab.errors import TransferlabError
 
 NORMALISATIONS = ("none", "l2", "power", "l2+power")
+
+# range-checked numbers: every count >= 1, every "0 = off" >= 0, every rate finite and > 0
+PositiveInt = Annotated[int, Field(ge=1)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 VIEW_CHOICES = ("orig", "orig+flip")
 
 
@@ -50,12 +56,12 @@ class TrainEntry(_Strict):
     arch: Literal["alexnet", "vgg16"] = "alexnet"
     width: Literal["tiny", "small", "medium", "large"] = "tiny"
     source_task: str | list[str] = "fashion_mnist"
-    resolution: int = 32
-    epochs: int = 3
-    snapshots: list[int] = Field(default_factory=list)
-    classes: int | None = None
-    images_per_class: int | None = None
-    seed: int = 0
+    resolution: Annotated[int, Field(ge=32)] = 32
+    epochs: PositiveInt = 3
+    snapshots: list[PositiveInt] = Field(default_factory=list)
+    classes: Annotated[int, Field(ge=2)] | None = None
+    images_per_class: PositiveInt | None = None
+    seed: NonNegativeInt = 0
     options: dict[str, Any] = Field(default_factory=dict)  # root: DIR for a benchmark, quick: true
 
     @model_validator(mode="after")
@@ -70,31 +76,31 @@ class TrainEntry(_Strict):
 
 class ProbeConfig(_Strict):
     loss: Literal["squared_hinge", "logistic"] = "squared_hinge"
-    Cs: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0, 100.0])
+    Cs: list[PositiveFloat] = Field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0, 100.0])
     class_weight: Literal["balanced"] | None = None
 
     @field_validator("Cs")
     @classmethod
     def _positive(cls, value: list[float]) -> list[float]:
-        if not value or any(c <= 0 for c in value):
-            raise ValueError("every C must be positive")
+        if not value or any(not (c > 0 and math.isfinite(c)) for c in value):
+            raise ValueError("every C must be positive and finite")
         return value
 
 
 class RetrievalConfig(_Strict):
     metric: Literal["cosine", "l2"] = "cosine"
-    qe: list[int] = Field(default_factory=lambda: [0])
+    qe: list[NonNegativeInt] = Field(default_factory=lambda: [0])
     spatial_search: bool = False
     whiten_on: str | None = None  # a task whose database features fit the PCA (e.g. paris6k for oxford5k)
 
 
 class FinetuneConfig(_Strict):
-    epochs: int = 3
-    blocks: int | None = None
-    lr: float = 0.01
+    epochs: PositiveInt = 3
+    blocks: NonNegativeInt | None = None
+    lr: PositiveFloat = 0.01
     optimizer: Literal["sgd", "adamw"] = "sgd"
-    batch_size: int = 32
-    input_size: int | None = None
+    batch_size: PositiveInt = 32
+    input_size: Annotated[int, Field(ge=16)] | None = None
 
 
 class Factors(_Strict):
@@ -103,7 +109,7 @@ class Factors(_Strict):
     layers: list[int | str] = Field(default_factory=lambda: [-1])
     pooling: list[str] = Field(default_factory=lambda: ["avg"])
     normalisation: list[str] = Field(default_factory=lambda: ["l2"])
-    pca_dims: list[int] = Field(default_factory=lambda: [0])
+    pca_dims: list[NonNegativeInt] = Field(default_factory=lambda: [0])
     views: list[str] = Field(default_factory=lambda: ["orig"])
     finetune: list[Literal["off", "on"]] = Field(default_factory=lambda: ["off"])
 
@@ -151,9 +157,9 @@ class Factors(_Strict):
 
 
 class Execution(_Strict):
-    batch_size: int = 32
+    batch_size: PositiveInt = 32
     device: str = "auto"
-    seed: int = 0
+    seed: NonNegativeInt = 0
     on_bad_image: Literal["error", "skip"] = "error"
     jpeg_draft: bool = False  # reduced-scale JPEG decoding (features.images.read_image)
     compile: bool = False  # torch.compile the forward pass (features.extract.CompiledForward)
@@ -230,12 +236,57 @@ def parse_config(data: dict, source: str = "<config>") -> StudyConfig:
         raise TransferlabError("invalid study config\n" + _format_errors(exc, source)) from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml's SafeLoader, except that a key given twice in one mapping is an error (plain
+    YAML silently keeps the last one, so a repeated ``factors:`` would drop the first)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                except TypeError:
+                    continue  # an unhashable key: the constructor below reports it
+                if first is not None:
+                    raise _DuplicateKey(key, key_node.start_mark.line + 1, first)
+                seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key, line: int, first: int):
+        super().__init__(key)
+        self.key, self.line, self.first = key, line, first
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Parse a YAML file as UTF-8 with duplicate-key detection; every problem is a
+    TransferlabError naming ``file:line``."""
+    path = Path(path)
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise TransferlabError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); "
+                               "save the file as UTF-8") from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+    except _DuplicateKey as exc:
+        raise TransferlabError(f"{path}:{exc.line}: key {exc.key!r} is given twice (first at line {exc.first}); "
+                               "keep one") from None
+
+
 def load_config(path: str | Path) -> StudyConfig:
     path = Path(path)
     if not path.is_file():
         raise TransferlabError(f"study config {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = read_yaml(path)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)

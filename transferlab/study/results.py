@@ -235,6 +235,9 @@ class ResultStore:
                         f"{self.path}: written by a newer transferlab (schema {found[0][0]}, "
                         f"this one reads {SCHEMA_VERSION}); upgrade transferlab"
                     )
+        except sqlite3.OperationalError:  # disk full, I/O error, locked, read-only: not a damaged file
+            self._conn = None
+            raise
         except sqlite3.DatabaseError as exc:
             self._conn = None
             raise TransferlabError(f"{self.path}: not a transferlab results database ({exc})") from exc
