@@ -48,6 +48,7 @@ from transferlab.report.tables import (
     error_of,
     factor_table,
     has_validation,
+    paired_difference,
     select_row,
     summarise,
     task_infos,
@@ -291,7 +292,8 @@ def _best_cells(table, task: str, metric: str) -> tuple[list[Any], float | None]
     return [v for v, c in finite if c.row["val_value"] == top], chosen["value"]
 
 
-def best_values(summaries: list[TaskSummary], distances: dict[str, float]) -> tuple[list[dict[str, Any]], dict]:
+def best_values(summaries: list[TaskSummary], distances: dict[str, float],
+                items: dict[str, dict[str, Any]] | None = None) -> tuple[list[dict[str, Any]], dict]:
     """Per varying factor and task: the best value(s), its score, the standard value and the gain."""
     all_rows = [r for s in summaries for r in s.rows]
     factors = [f for f in varying_factors(all_rows) if f != "finetune"]
@@ -311,11 +313,20 @@ def best_values(summaries: list[TaskSummary], distances: dict[str, float]) -> tu
             standard_cell = table.cell(name, standard_value) if name in table.standard_values else None
             standard_score = standard_cell.value if standard_cell is not None else None
             gain = top - standard_score if standard_score is not None and math.isfinite(standard_score) else None
+            gain_low = gain_high = None
+            chosen = table.cell(name, tied[0])
+            if items and gain is not None and chosen is not None and chosen.row is not standard_cell.row:
+                diff = paired_difference(chosen.row, standard_cell.row, items)
+                if math.isfinite(diff.low):
+                    gain_low, gain_high = diff.low, diff.high
+            elif gain is not None and chosen is not None and standard_cell is not None:
+                gain_low = gain_high = 0.0 if chosen.row is standard_cell.row else None
             out.append({
                 "factor": factor, "task": name, "distance": distances.get(name), "metric": s.metric,
                 "best": [value_label(v) for v in tied], "best_raw": tied, "best_score": top,
                 "standard": value_label(standard_value) if name in table.standard_values else None,
-                "standard_score": standard_score, "gain": gain, "mode": table.modes[name],
+                "standard_score": standard_score, "gain": gain, "gain_low": gain_low, "gain_high": gain_high,
+                "mode": table.modes[name],
             })  # fmt: skip
     return out, tables
 
@@ -515,7 +526,7 @@ def analyse(rows: list[dict[str, Any]], meta: dict[str, Any], distance: str = "p
               "metric": s.metric, "rows": len(s.rows)} for t, s in zip(infos, summaries, strict=True)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # spearmanr on tiny samples
-        bests, _ = best_values(summaries, distances)
+        bests, _ = best_values(summaries, distances, meta.get("_items"))
         hypotheses = [
             _factor_hypothesis("layer", "layer", "later layers for near tasks, earlier for far",
                                "depth of the best layer", _layer_depth, bests, distances, order, seed),

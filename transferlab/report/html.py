@@ -76,7 +76,7 @@ def render_report(rows: list[dict[str, Any]], meta: dict[str, Any], *, title_fal
     factors = factor_values(rows)
     varying = varying_factors(rows)
     name = study_name(meta, title_fallback)
-    resolved_meta = {**meta, "tasks": {t.name: asdict(t) for t in tasks}}
+    resolved_meta = {**meta, "tasks": {t.name: asdict(t) for t in tasks}, "_items": items or {}}
 
     parts: list[tuple[str, str, str]] = []  # (anchor, title, body)
     parts.append(("standard-vs-optimal", "Deep Standard vs Deep Optimal", _standard_vs_optimal(summaries, varying)))
