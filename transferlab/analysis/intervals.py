@@ -15,6 +15,7 @@ bootstrap of their difference (both are scored on the same test images). Interva
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from dataclasses import dataclass
@@ -38,8 +39,16 @@ def resample_seed(task: str, n_items: int, seed: int = 0) -> int:
     return int(digest[:12], 16)
 
 
+@functools.lru_cache(maxsize=16)
 def resample_counts(n_items: int, seed: int, n_resamples: int = N_RESAMPLES) -> np.ndarray:
-    """(n_resamples, n_items) float32 counts: how often each item is drawn in each resample."""
+    """(n_resamples, n_items) float32 counts: how often each item is drawn in each resample
+    (cached and read-only: every row of a task uses the same matrix)."""
+    counts = _draw_counts(n_items, seed, n_resamples)
+    counts.flags.writeable = False
+    return counts
+
+
+def _draw_counts(n_items: int, seed: int, n_resamples: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     picks = rng.integers(0, n_items, size=(n_resamples, n_items))
     flat = (picks + (np.arange(n_resamples) * n_items)[:, None]).ravel()
