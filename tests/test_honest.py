@@ -166,6 +166,43 @@ def test_a_train_split_too_small_for_k_fold_is_named_and_never_deep_optimal(tmp_
     assert np.isfinite(row.value) and row.low <= row.value <= row.high
 
 
+def test_a_validation_split_without_positives_for_a_label_is_named_and_never_deep_optimal():
+    from transferlab.data.base import Split, TaskData
+    from transferlab.report.tables import select_row
+    from transferlab.study.config import ProbeConfig
+    from transferlab.study.evaluation import evaluate_probe_job
+    from transferlab.study.plan import Job, Setting
+
+    rng = np.random.default_rng(1)
+
+    def labels(n, val=False):
+        y = np.where(rng.random((n, 3)) < 0.4, 1, -1).astype(np.int8)
+        if val:
+            y[:, 2] = -1  # no positive for "c" in validation
+        return y
+
+    y = {"train": labels(40), "val": labels(12, val=True), "test": labels(30)}
+    task = TaskData("attrs", "attributes", ["a", "b", "c"],
+                    {k: Split(k, [f"{k}{i}" for i in range(len(v))], v) for k, v in y.items()})
+
+    class Features:
+        def split(self, name, layer, pooling, view="orig"):
+            return (y[name].astype(np.float32) + rng.normal(size=y[name].shape)).astype(np.float32)
+
+        def kept(self, name):
+            return np.arange(len(y[name]))
+
+        def layer_name(self, layer):
+            return "top"
+
+    row = evaluate_probe_job(Job("net", "attrs", Setting(), "probe"), task, Features(), ProbeConfig(), "map")
+    assert row.val_value is None
+    assert row.selection == "none: task attrs: the validation split has no positives for label(s) c: no selection"
+    as_dict = {"source": "net", "factors": row.factors, "standard": False, "val_value": float("nan"),
+               "selection": row.selection, "value": row.value}
+    assert select_row("map", [as_dict]) is None
+
+
 def test_evaluation_hash_covers_probe_retrieval_and_finetune_settings():
     base = parse_config({"sources": ["efficientnet_lite0"], "tasks": ["digits"]})
     other_c = parse_config({"sources": ["efficientnet_lite0"], "tasks": ["digits"], "probe": {"Cs": [1.0]}})
