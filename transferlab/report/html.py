@@ -265,6 +265,8 @@ def _header(name: str, rows: list[dict[str, Any]], meta: dict[str, Any], tasks: 
     if versions:
         facts.append(("packages", ", ".join(f"{p} {'/'.join(v) or '—'}" for p, v in versions.items())))
     items = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in facts)
+    if isinstance(meta.get("smoke_test"), str):
+        items += f'<dt>note</dt><dd class="warning">This run is {esc(meta["smoke_test"])}.</dd>'
     config = meta.get("config")
     config_html = ""
     if config:
@@ -297,6 +299,8 @@ def _standard_vs_optimal(summaries: list[TaskSummary], varying: list[str]) -> st
             note += f" <small>(no Deep Optimal: {esc(s.no_selection)})</small>"
         diff = s.difference
         diff_text = fmt_difference(s.metric, diff) if diff is not None else "n/a"
+        if opt is not None and opt is std:
+            diff_text, diff = "— (Deep Optimal is Deep Standard)", None
         css = ' class="num finding"' if diff is not None and diff.measurable else ' class="num"'
         if too_small(s):
             small.append(s.task.name)
@@ -318,8 +322,9 @@ def _standard_vs_optimal(summaries: list[TaskSummary], varying: list[str]) -> st
     warning = ""
     if small:
         warning = (f'<p class="warning">The test sets of {esc(", ".join(small))} are too small to tell '
-                   "configurations apart: the 95% interval of Deep Standard alone is wider than ±5 points, so "
-                   "differences of a few points there are noise, not findings.</p>")
+                   "configurations apart: the paired 95% interval of Deep Optimal − Deep Standard (or the "
+                   "interval of Deep Standard itself) is wider than ±5 points and contains 0, so differences "
+                   "of a few points there are noise, not findings.</p>")
     return (
         '<p class="caption">Deep Standard: the configuration the study marks as standard (the usual '
         "off-the-shelf choice). Deep Optimal: the configuration with the best <em>validation</em> score "
@@ -345,11 +350,16 @@ HALF_WIDTH_LIMIT = 0.05  # interval half-width (score units) above which a test 
 
 
 def too_small(s: TaskSummary) -> bool:
-    """Is the Deep Standard's interval wider than ±5 points (±0.2 for UKBench)?"""
+    """Could the test set not tell Deep Optimal from Deep Standard? True when their difference
+    is not measurable and its paired interval (or, without one, the Deep Standard's own
+    interval) is wider than ±5 points (±0.2 for UKBench)."""
+    limit = HALF_WIDTH_LIMIT * (1.0 if _unit_metric(s.metric) else 4.0)
+    d = s.difference
+    if d is not None and math.isfinite(d.low) and math.isfinite(d.high) and s.optimal is not s.standard:
+        return not d.measurable and (d.high - d.low) / 2 > limit
     row = s.standard or s.optimal
     if row is None or not all(math.isfinite(row.get(k, math.nan)) for k in ("low", "high")):
         return False
-    limit = HALF_WIDTH_LIMIT * (1.0 if _unit_metric(s.metric) else 4.0)
     return (row["high"] - row["low"]) / 2 > limit
 
 

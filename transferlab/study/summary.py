@@ -42,13 +42,16 @@ def summary_table(run_dir: str | Path) -> str:
             config = ", ".join([best["source"]] + changed)
         if too_small(summary):
             small.append(summary.task.name)
+        diff = fmt_difference(summary.metric, summary.difference)
+        if best is not None and best is standard:
+            diff, config = "- (is Deep Standard)", f"{best['source']} (the standard configuration)"
         lines.append(
             f"{summary.task.name:<18} {summary.metric:<20} {fmt_row(summary.metric, standard):>22} "
-            f"{fmt_row(summary.metric, best):>22}  {fmt_difference(summary.metric, summary.difference):<22}  {config}")
+            f"{fmt_row(summary.metric, best):>22}  {diff:<22}  {config}")
     lines.append("values: test metric [95% bootstrap interval]; Deep Optimal is chosen on validation data")
     if small:
-        lines.append(f"test sets too small to tell configurations apart (interval wider than ±5 points): "
-                     f"{', '.join(small)}")
+        lines.append(f"test sets too small to tell configurations apart (paired interval wider than ±5 points, "
+                     f"containing 0): {', '.join(small)}")
     return "\n".join(lines)
 
 
