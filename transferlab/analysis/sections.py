@@ -78,7 +78,8 @@ def _intro(analysis: Analysis) -> str:
         "of the target task from the source task. Each hypothesis below is tested as Spearman's rank "
         f"correlation ρ between a per-task value and {esc(_distance_label(analysis.distance))}, with scipy's "
         "two-sided p-value (t approximation; rough for few tasks) and a 95% percentile interval from 2000 "
-        "seeded bootstrap resamples of the tasks. Best values come from the factor slices of the sections "
+        "seeded bootstrap resamples of the tasks. Best values (chosen on validation, never on test) come from "
+        "the factor slices of the sections "
         "above (other factors at Deep Standard where the study ran them so); tied best values are averaged. "
         "Fewer than 3 tasks, or no variation, gives no correlation (n/a) rather than a number.</p>"
     )
