@@ -17,3 +17,6 @@ def test_quick_demo_runs_end_to_end_and_writes_the_report(tmp_path, capsys):
     page = (out / "report.html").read_text()
     assert "Deep Standard vs Deep Optimal" in page and "Factors versus distance" in page
     assert (out / "results.csv").read_text().count("\n") == len(rows) + 1
+    # a smoke test, and its report says so: the quick test sets cannot tell configurations apart
+    assert "too small to tell configurations apart" in page and "too small to tell configurations apart" in printed
+    assert all(r["selection"] for r in rows) and all(r["low"] <= r["high"] for r in rows)

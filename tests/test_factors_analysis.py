@@ -48,7 +48,8 @@ def _row(task: str, value: float, layer: int = -1, pooling: str = "avg", finetun
     standard = (layer, pooling, finetune) == (-1, "avg", "off")
     extra = {"C": 1.0} if logme is None else {"C": 1.0, "logme": logme}
     return {"source": "net", "task": task, "factors": factors, "metric": "accuracy", "value": value,
-            "metrics": {"accuracy": value}, "standard": standard, "extra": extra}  # fmt: skip
+            "metrics": {"accuracy": value}, "standard": standard, "extra": extra,
+            "val_value": value, "selection": "val", "job_key": f"{task}{layer}{pooling}{finetune}"}  # fmt: skip
 
 
 def _logme(task: str, value: float) -> float | None:
@@ -217,7 +218,7 @@ def test_section_is_in_the_built_report(tmp_path):
 
     store = ResultStore(tmp_path, provenance={"config_hash": "x", "versions": {}, "git_commit": None, "seed": 0,
                                               "device": "cpu"})  # fmt: skip
-    keep = {"source", "task", "factors", "metric", "value", "metrics", "standard", "extra"}
+    keep = {"source", "task", "factors", "metric", "value", "metrics", "standard", "extra", "val_value", "selection"}
     store.add_many([ResultRow(**{k: v for k, v in r.items() if k in keep}) for r in make_rows()])
     meta = make_meta()
     store.set_meta("tasks", meta["tasks"])

@@ -18,7 +18,15 @@ from transferlab.cli import main
 from transferlab.errors import TransferlabError
 from transferlab.report import build_report
 from transferlab.report.tables import factor_table, summarise, task_infos
-from transferlab.study.results import ResultRow, ResultStore
+from transferlab.study.results import ResultRow as _ResultRow
+from transferlab.study.results import ResultStore
+
+
+def ResultRow(*args, **kwargs) -> _ResultRow:  # noqa: N802 - a row scored on validation as on test
+    value = args[4] if len(args) > 4 else kwargs.get("value")
+    kwargs.setdefault("val_value", value)
+    kwargs.setdefault("selection", "val")
+    return _ResultRow(*args, **kwargs)
 
 # task -> metric, {(layer, pooling): value}; (-1, "avg") is the Deep Standard.
 STUDY = {
@@ -117,13 +125,14 @@ def test_standard_vs_optimal_table_numbers(built):
     (table,) = tables_of(built[1], "std-opt")
     body = {r[1]: r for r in table[1:]}
     assert [r[1] for r in table[1:]] == ["voc2007", "pets", "ukbench"]  # ordered by distance
-    assert body["voc2007"][2:6] == ["voc07_map", "60.0", "72.0", "30.0%"]
-    assert body["pets"][2:6] == ["mean_class_accuracy", "80.0", "84.0", "20.0%"]
-    assert body["ukbench"][2:6] == ["ukb_score", "3.00", "3.50", "50.0%"]
-    assert body["voc2007"][6] == (
+    assert body["voc2007"][2:7] == ["voc07_map", "60.0", "72.0", "+12.0 (no interval)", "30.0%"]
+    assert body["pets"][2:7] == ["mean_class_accuracy", "80.0", "84.0", "+4.0 (no interval)", "20.0%"]
+    assert body["ukbench"][2:7] == ["ukb_score", "3.00", "3.50", "+0.50 (no interval)", "50.0%"]
+    assert body["voc2007"][8] == "72.0"  # oracle: the same row here (validation = test in this store)
+    assert body["voc2007"][7] == (
         "layer: -1 (conv_head) → -2 (blocks.6); pooling: avg → max [the combined best-per-factor setting]"
     )
-    assert body["pets"][6] == "pooling: avg → max"
+    assert body["pets"][7] == "pooling: avg → max"
     assert body["voc2007"][0] == "image classification" and body["ukbench"][0] == "instance retrieval"
 
 
@@ -230,9 +239,9 @@ def test_cli_report_and_results(run_dir, capsys, tmp_path):
     assert main(["results", str(run_dir)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "fixed: source=efficientnet_lite0, normalisation=l2, head=probe"
-    assert lines[1].split() == ["task", "layer", "pooling", "metric", "value", "row"]
-    assert lines[2].split() == ["voc2007", "-1", "avg", "voc07_map", "60.0", "standard"]
-    assert ["voc2007", "-2", "max", "voc07_map", "72.0", "combined"] in [line.split() for line in lines]
+    assert lines[1].split() == ["task", "layer", "pooling", "metric", "value", "[95%", "interval]", "val", "row"]
+    assert lines[2].split() == ["voc2007", "-1", "avg", "voc07_map", "60.0", "60.0", "standard"]
+    assert ["voc2007", "-2", "max", "voc07_map", "72.0", "72.0", "combined"] in [line.split() for line in lines]
     assert lines[-2].split()[:5] == ["ukbench", "-1", "max", "ukb_score", "2.90"]
 
     assert main(["results", str(run_dir), "--csv", "-", "--task", "pets"]) == 0
@@ -267,5 +276,5 @@ def test_plain_text_summary_skips_a_nan_result_as_the_report_does(tmp_path):
         ])
         store.set_meta("standard", {"layer": -1, "pooling": "max"})
     line = summary_table(tmp_path).splitlines()[1].split()
-    # standard 60.0 (%), optimal 70.0, error 0.4 -> 0.3 = 25% less, reached at layer -2
-    assert line[:5] == ["digits", "accuracy", "60.0", "70.0", "25.0%"] and line[5:] == ["s,", "layer=-2"]
+    # standard 60.0 (%), optimal 70.0 (chosen on validation), no stored interval, reached at layer -2
+    assert line[:4] == ["digits", "accuracy", "60.0", "70.0"] and line[-2:] == ["s,", "layer=-2"]

@@ -13,8 +13,9 @@ Protocol of each number (also in docs/analysis.md):
 
 - *best value of a factor for a task*: the report's factor slice (``report.tables.
   factor_table``): the other factors held at the task's Deep Standard configuration when the
-  study ran them so, otherwise the best over the other factors. Ties (same score) are all
-  kept; a hypothesis then uses the mean of the tied values.
+  study ran them so, otherwise the best over the other factors. "Best" is the best
+  *validation* score (``report.tables.select_row``), never the test score; ties (same
+  validation score) are all kept; a hypothesis then uses the mean of the tied values.
 - *depth of the best layer*: ``-layer`` for layers given from the top (``-1`` -> 1 = last).
 - *pooling fineness*: avg, max, gem, grid1 -> 1; grid2 -> 2; grid3 -> 3; rmac and windows
   (multi-region: R-MAC's 3 scales, spatial search's sub-windows) -> 3.
@@ -43,10 +44,12 @@ from transferlab.errors import TransferlabError
 from transferlab.report.tables import (
     TaskInfo,
     TaskSummary,
-    best_row,
     config_of,
     error_of,
     factor_table,
+    has_validation,
+    paired_difference,
+    select_row,
     summarise,
     task_infos,
     value_key,
@@ -276,17 +279,21 @@ def task_distances(tasks: list[TaskInfo], meta: dict[str, Any], distance: str) -
 
 
 def _best_cells(table, task: str, metric: str) -> tuple[list[Any], float | None]:
-    """Values of ``table``'s factor that reach the task's best score (ties all kept), and that score."""
+    """Values of ``table``'s factor with the task's best *validation* score (ties all kept),
+    and the test score of the chosen one. Cells without a validation score never win."""
     cells = [(v, table.cell(task, v)) for v in table.values]
-    finite = [(v, c) for v, c in cells if c is not None and math.isfinite(c.value)]
+    finite = [(v, c) for v, c in cells if c is not None and has_validation(c.row)]
     if not finite:
         return [], None
-    chosen = best_row(metric, [c.row for _, c in finite])
-    top = chosen["value"] if chosen else None
-    return [v for v, c in finite if c.value == top], top
+    chosen = select_row(metric, [c.row for _, c in finite])
+    if chosen is None:
+        return [], None
+    top = chosen["val_value"]
+    return [v for v, c in finite if c.row["val_value"] == top], chosen["value"]
 
 
-def best_values(summaries: list[TaskSummary], distances: dict[str, float]) -> tuple[list[dict[str, Any]], dict]:
+def best_values(summaries: list[TaskSummary], distances: dict[str, float],
+                items: dict[str, dict[str, Any]] | None = None) -> tuple[list[dict[str, Any]], dict]:
     """Per varying factor and task: the best value(s), its score, the standard value and the gain."""
     all_rows = [r for s in summaries for r in s.rows]
     factors = [f for f in varying_factors(all_rows) if f != "finetune"]
@@ -306,11 +313,20 @@ def best_values(summaries: list[TaskSummary], distances: dict[str, float]) -> tu
             standard_cell = table.cell(name, standard_value) if name in table.standard_values else None
             standard_score = standard_cell.value if standard_cell is not None else None
             gain = top - standard_score if standard_score is not None and math.isfinite(standard_score) else None
+            gain_low = gain_high = None
+            chosen = table.cell(name, tied[0])
+            if items and gain is not None and chosen is not None and chosen.row is not standard_cell.row:
+                diff = paired_difference(chosen.row, standard_cell.row, items)
+                if math.isfinite(diff.low):
+                    gain_low, gain_high = diff.low, diff.high
+            elif gain is not None and chosen is not None and standard_cell is not None:
+                gain_low = gain_high = 0.0 if chosen.row is standard_cell.row else None
             out.append({
                 "factor": factor, "task": name, "distance": distances.get(name), "metric": s.metric,
                 "best": [value_label(v) for v in tied], "best_raw": tied, "best_score": top,
                 "standard": value_label(standard_value) if name in table.standard_values else None,
-                "standard_score": standard_score, "gain": gain, "mode": table.modes[name],
+                "standard_score": standard_score, "gain": gain, "gain_low": gain_low, "gain_high": gain_high,
+                "mode": table.modes[name],
             })  # fmt: skip
     return out, tables
 
@@ -362,7 +378,7 @@ def finetune_gains(summaries: list[TaskSummary], distances: dict[str, float]) ->
     out = []
     for s in summaries:
         tuned = [r for r in s.rows if r["factors"].get("finetune") == "on"]
-        best = best_row(s.metric, tuned)
+        best = select_row(s.metric, tuned)
         if best is None:
             continue
         wanted = {k: v for k, v in config_of(best).items() if k != "finetune"}
@@ -510,7 +526,7 @@ def analyse(rows: list[dict[str, Any]], meta: dict[str, Any], distance: str = "p
               "metric": s.metric, "rows": len(s.rows)} for t, s in zip(infos, summaries, strict=True)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # spearmanr on tiny samples
-        bests, _ = best_values(summaries, distances)
+        bests, _ = best_values(summaries, distances, meta.get("_items"))
         hypotheses = [
             _factor_hypothesis("layer", "layer", "later layers for near tasks, earlier for far",
                                "depth of the best layer", _layer_depth, bests, distances, order, seed),

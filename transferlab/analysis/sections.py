@@ -78,7 +78,8 @@ def _intro(analysis: Analysis) -> str:
         "of the target task from the source task. Each hypothesis below is tested as Spearman's rank "
         f"correlation ρ between a per-task value and {esc(_distance_label(analysis.distance))}, with scipy's "
         "two-sided p-value (t approximation; rough for few tasks) and a 95% percentile interval from 2000 "
-        "seeded bootstrap resamples of the tasks. Best values come from the factor slices of the sections "
+        "seeded bootstrap resamples of the tasks. Best values (chosen on validation, never on test) come from "
+        "the factor slices of the sections "
         "above (other factors at Deep Standard where the study ran them so); tied best values are averaged. "
         "Fewer than 3 tasks, or no variation, gives no correlation (n/a) rather than a number.</p>"
     )
@@ -128,8 +129,7 @@ def _best_values_table(analysis: Analysis) -> str:
             if b is None:
                 row.append('<td class="missing">—</td>')
                 continue
-            gain = b["gain"]
-            gain_text = "" if gain is None else f" <small>({'+' if gain >= 0 else '−'}{fmt_value(b['metric'], abs(gain))})</small>"
+            gain_text = _gain_text(b)
             changed = ' class="changed"' if b["standard"] is not None and b["standard"] not in b["best"] else ""
             row.append(f"<td{changed}>{esc(' = '.join(b['best']))}{gain_text}</td>")
         body.append(f'<tr><th class="rowhead">{esc(factor)}</th>{"".join(row)}</tr>')
@@ -137,11 +137,31 @@ def _best_values_table(analysis: Analysis) -> str:
         "<h3>Best value of each factor per task</h3>"
         '<p class="caption">Per factor and task, the value(s) with the best score in the factor\'s slice (ties '
         "joined by =) and, in brackets, its gain over the Deep Standard value of that factor in the task's metric "
-        "(×100 for scores in [0, 1]). Highlighted: the best value is not the standard one. Column headers give "
+        "(×100 for scores in [0, 1]) with its paired 95% bootstrap interval; \"no measurable difference\" when the "
+        "interval contains 0. The best value is the one with the best <em>validation</em> score; the numbers are "
+        "test scores. Highlighted: the best value is not the standard one. Column headers give "
         "the task's distance.</p>"
         f'<div class="table-wrap"><table class="factor-distance"><thead><tr><th>factor</th>{head}</tr></thead>'
         f"<tbody>{''.join(body)}</tbody></table></div>"
     )
+
+
+def _gain_text(b: dict[str, Any]) -> str:
+    """The gain over the standard value with its paired 95% interval, in the table's words."""
+    gain = b["gain"]
+    if gain is None:
+        return ""
+    text = f"{'+' if gain >= 0 else '−'}{fmt_value(b['metric'], abs(gain))}"
+    low, high = b.get("gain_low"), b.get("gain_high")
+    if low is None or high is None:
+        return f" <small>({text})</small>"
+    if low == high == 0.0 and gain == 0:
+        return ""
+    bounds = f"{'+' if low >= 0 else '−'}{fmt_value(b['metric'], abs(low))}, " \
+             f"{'+' if high >= 0 else '−'}{fmt_value(b['metric'], abs(high))}"
+    if low <= 0 <= high:
+        return f" <small>(no measurable difference: {text} [{bounds}])</small>"
+    return f" <small>({text} [{bounds}])</small>"
 
 
 def _transferability(analysis: Analysis) -> str:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+SMOKE_TEST = ("a smoke test: its test sets (5-15 images per class, 10 retrieval queries reported) are too small "
+              "to tell configurations apart; run `transferlab demo` for an answer")
+
 
 def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
@@ -32,6 +35,12 @@ def run(args: argparse.Namespace) -> int:
         out = out if out != "runs/demo" else "runs/demo-quick"
     print(f"transferlab demo: study {config.name!r} -> {out} (rerun to resume; results are kept)")
     result = run_study(config, out, executor=args.executor, progress=not args.no_progress)
+    if args.quick:
+        from transferlab.study.results import ResultStore
+
+        with ResultStore(out) as store:  # the report and the summary say it plainly
+            store.set_meta("smoke_test", SMOKE_TEST)
+        print(f"transferlab demo --quick: {SMOKE_TEST}")
     report = build_report(out)
     print_run_summary(out, result, report)
     return 1 if result.failures else 0

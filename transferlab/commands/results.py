@@ -25,6 +25,12 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
     parser.add_argument("--csv", metavar="FILE", help="write CSV to FILE ('-' = stdout)")
     parser.add_argument("--json", action="store_true", help="print JSON (all fields, with provenance)")
     parser.add_argument("--task", help="only this task")
+    parser.add_argument("--summary", action="store_true",
+                        help="per task: Deep Standard, Deep Optimal (chosen on validation) and the oracle (best on "
+                        "test), each with its 95%% interval, and optimal - standard with its paired interval")
+    parser.add_argument("--all", action="store_true",
+                        help="every row kept in the store, with its configuration hash (default: the rows of the "
+                        "latest configuration run here)")
     parser.set_defaults(func=run)
 
 
@@ -32,9 +38,12 @@ def run(args: argparse.Namespace) -> int:
     from transferlab.atomic import atomic_write_text
     from transferlab.study.results import ResultStore
 
+    if getattr(args, "summary", False):
+        return _summary(args)
     with ResultStore(args.run_dir, create=False) as store:
+        current = not getattr(args, "all", False)
         if args.csv is not None:
-            text = store.to_csv()
+            text = store.to_csv(current=current)
             if args.task:
                 text = _filter_csv(text, args.task)
             if args.csv == "-":
@@ -47,14 +56,35 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             from transferlab.commands._common import print_json
 
-            print_json(store.export_rows(args.task))
+            exported = store.export_rows(args.task)
+            if current:
+                from transferlab.study.results import current_only
+
+                exported = current_only(exported, store.meta())
+            print_json(exported)
             return 0
-        rows = store.rows(args.task)
+        rows = store.current_rows(args.task) if current else store.rows(args.task)
         meta = store.meta()
+        older = 0 if not current else len(store.rows(args.task)) - len(rows)
     if not rows:
         print(f"no results in {args.run_dir}" + (f" for task {args.task}" if args.task else ""))
         return 0
-    _print_table(rows, meta)
+    _print_table(rows, meta, with_hash=not current)
+    if older:
+        print(f"{older} rows of earlier configurations not shown (--all lists them)")
+    return 0
+
+
+def _summary(args: argparse.Namespace) -> int:
+    from transferlab.study.summary import summary_json, summary_table
+
+    if args.json:
+        from transferlab.commands._common import print_json
+
+        tasks = summary_json(args.run_dir, current=not args.all)
+        print_json([t for t in tasks if not args.task or t["task"] == args.task])
+    else:
+        print(summary_table(args.run_dir))
     return 0
 
 
@@ -78,8 +108,8 @@ def _filter_csv(text: str, task: str) -> str:
     return out.getvalue()
 
 
-def _print_table(rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
-    from transferlab.report.html import fmt_value
+def _print_table(rows: list[dict[str, Any]], meta: dict[str, Any], with_hash: bool = False) -> None:
+    from transferlab.report.html import fmt_interval, fmt_value
     from transferlab.report.tables import (
         config_of,
         fixed_factors,
@@ -94,14 +124,16 @@ def _print_table(rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
     fixed = fixed_factors(rows)
     if fixed:
         print("fixed: " + ", ".join(f"{k}={value_label(v)}" for k, v in fixed.items()))
-    header = ["task", *varying, "metric", "value", "row"]
+    header = ["task", *varying, "metric", "value [95% interval]", "val", "row"] + (["config hash"] if with_hash else [])
     table = []
     for r in rows:
         config = config_of(r)
         cells = [value_label(config[k]) if k in config else "-" for k in varying]
-        table.append([r["task"], *cells, r["metric"], fmt_value(r["metric"], r["value"]), _role(r)])
+        table.append([r["task"], *cells, r["metric"], fmt_interval(r["metric"], r["value"], r.get("low"), r.get("high")),
+                      fmt_value(r["metric"], r.get("val_value")), _role(r)]
+                     + ([r.get("identity") or r.get("config_hash") or "-"] if with_hash else []))
     widths = [max(len(row[i]) for row in [header, *table]) for i in range(len(header))]
-    numeric = {len(header) - 2}
+    numeric = {len(header) - (4 if with_hash else 3), len(header) - (3 if with_hash else 2)}
     for row in [header, *table]:
         line = "  ".join(c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
         print(line.rstrip())

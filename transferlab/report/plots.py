@@ -40,6 +40,7 @@ class Series:
     values: list[float | None]
     hollow: list[bool]  # marker drawn hollow: value from the best-over-others rule
     is_standard: bool = False
+    errors: list[tuple[float, float] | None] | None = None  # 95% interval per task, same scale
 
 
 def new_figure(width: float, height: float) -> Any:
@@ -115,6 +116,10 @@ def factor_plot(
         ys = [math.nan if v is None else v for v in s.values]
         width = 2.4 if s.is_standard else 1.4
         ax.plot(xs, ys, color=s.colour, linewidth=width, alpha=0.85, zorder=2)
+        for x, y, err in zip(xs, ys, s.errors or [None] * len(xs), strict=True):
+            if err is not None and math.isfinite(y):
+                ax.errorbar([x], [y], yerr=[[max(0.0, y - err[0])], [max(0.0, err[1] - y)]], color=s.colour,
+                            linewidth=1.0, capsize=2.5, alpha=0.8, zorder=2)
         for hollow in (False, True):
             points = [(x, y) for x, y, h in zip(xs, ys, s.hollow, strict=True) if h == hollow and math.isfinite(y)]
             if points:
@@ -134,19 +139,28 @@ def factor_plot(
     return to_png(fig)
 
 
-def reduction_plot(tasks: Sequence[TaskInfo], reductions: Sequence[float | None]) -> bytes:
-    """Bar per task: relative error reduction of Deep Optimal over Deep Standard, in %."""
+def reduction_plot(tasks: Sequence[TaskInfo], reductions: Sequence[float | None],
+                   intervals: Sequence[tuple[float, float] | None] | None = None) -> bytes:
+    """Bar per task: relative error reduction of Deep Optimal over Deep Standard, in %, with
+    error bars from the paired interval of the difference where known."""
     fig = new_figure(min(16.0, max(7.0, 1.6 + 0.75 * len(tasks))), 3.6)
     ax = fig.add_subplot()
     xs = list(range(len(tasks)))
     heights = [0.0 if r is None else 100.0 * r for r in reductions]
     bars = ax.bar(xs, heights, color=[GROUP_COLOURS.get(t.group, "#7f7f7f") for t in tasks], width=0.65)
+    ends = [h for h in heights]
+    for x, h, iv in zip(xs, heights, intervals or [None] * len(xs), strict=True):
+        if iv is not None:
+            low, high = 100.0 * iv[0], 100.0 * iv[1]
+            ax.errorbar([x], [h], yerr=[[max(0.0, h - low)], [max(0.0, high - h)]], color="#222222",
+                        linewidth=1.0, capsize=3)
+            ends.extend([low, high])
     for bar, r in zip(bars, reductions, strict=True):
         text = "n/a" if r is None else f"{100 * r:.0f}%"
         ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), text, ha="center", va="bottom", fontsize=8)
     lines = _task_axis(ax, tasks)
-    top = max([h for h in heights] + [1.0])
-    ax.set_ylim(min(0.0, min(heights)) * 1.1, top * 1.18)
+    top = max([h for h in ends] + [1.0])
+    ax.set_ylim(min(0.0, min(ends)) * 1.1, top * 1.18)
     ax.set_ylabel("error reduction (%)", fontsize=9)
     ax.set_title("Deep Optimal vs Deep Standard: relative error reduction per task", fontsize=11, pad=6 + 11 * lines)
     ax.grid(axis="y", color="#e5e5e5", linewidth=0.8)

@@ -67,6 +67,10 @@ class TaskSummary:
     error_reduction: float | None
     ignored: int = 0  # rows of this task measured with another metric
     several_standard: bool = False
+    oracle: dict[str, Any] | None = None  # best on test, as the paper reported (never the headline)
+    difference: Any = None  # intervals.Difference of optimal - standard (paired), when replicates exist
+    no_selection: str = ""  # why no row could be chosen on validation
+    repeats: dict[str, Any] | None = None  # mean/std of standard and optimal over execution.repeats splits
 
 
 @dataclass
@@ -196,8 +200,47 @@ def is_better(metric: str, a: float, b: float) -> bool:
     return a > b if higher_better(metric) else a < b
 
 
+def has_validation(row: dict[str, Any]) -> bool:
+    """Did the row get a validation score it may be selected by?"""
+    value = row.get("val_value")
+    return (isinstance(value, (int, float)) and math.isfinite(value)
+            and not str(row.get("selection") or "").startswith("none"))
+
+
+def changes_from(row: dict[str, Any], standard: dict[str, Any] | None) -> int:
+    """How many configuration keys differ from the standard row's."""
+    if standard is None:
+        return 0
+    a, b = config_of(row), config_of(standard)
+    return sum(value_key(a.get(k)) != value_key(b.get(k)) for k in set(a) | set(b))
+
+
+def select_row(metric: str, rows: Iterable[dict[str, Any]], standard: dict[str, Any] | None = None
+               ) -> dict[str, Any] | None:
+    """The row chosen on validation: best ``val_value``; ties go to the standard row, then to
+    the row with fewer changes from it, then to the first written. Rows without a validation
+    score (selection "none: ...") are never chosen; the test value is never looked at."""
+    best = None
+    for row in rows:
+        if not has_validation(row):
+            continue
+        if best is None or is_better(metric, row["val_value"], best["val_value"]):
+            best = row
+        elif row["val_value"] == best["val_value"]:
+            if best is standard or best.get("standard"):
+                continue
+            if row is standard or row.get("standard") or changes_from(row, standard) < changes_from(best, standard):
+                best = row
+    return best
+
+
+def main_split(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows of each task's own split (re-splits of execution.repeats are summarised apart)."""
+    return [r for r in rows if not (r.get("extra") or {}).get("split")]
+
+
 def best_row(metric: str, rows: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
-    """Best finite value; ties go to the standard row, then to the first written."""
+    """Best finite *test* value (the oracle); ties go to the standard row, then to the first written."""
     best = None
     for row in rows:
         if not math.isfinite(row["value"]):
@@ -251,22 +294,66 @@ def task_infos(rows: list[dict[str, Any]], meta: dict[str, Any]) -> list[TaskInf
     return sorted(infos, key=lambda t: (t.distance, t.group, t.name))
 
 
-def summarise(rows: list[dict[str, Any]], tasks: list[TaskInfo]) -> list[TaskSummary]:
-    """Deep Standard (the row flagged standard) and Deep Optimal (best row) for every task."""
+def summarise(rows: list[dict[str, Any]], tasks: list[TaskInfo],
+              items: dict[str, dict[str, Any]] | None = None) -> list[TaskSummary]:
+    """Deep Standard (the row flagged standard), Deep Optimal (chosen on validation: see
+    ``select_row``) and the oracle (best on test) for every task, on the task's own split.
+    With ``items`` (ResultStore.items()), optimal - standard gets its paired interval."""
     out = []
     for info in tasks:
-        own = [r for r in rows if r["task"] == info.name]
+        every = [r for r in rows if r["task"] == info.name]
+        own = main_split(every) or every
         metric = info.metric if any(r["metric"] == info.metric for r in own) else own[0]["metric"]
         same = [r for r in own if r["metric"] == metric]
         standards = [r for r in same if r["standard"]]
         standard = standards[0] if standards else None
-        optimal = best_row(metric, same)
+        optimal = select_row(metric, same, standard)
         reduction = None
         if standard is not None and optimal is not None and math.isfinite(standard["value"]):
             reduction = error_reduction(metric, standard["value"], optimal["value"])
-        out.append(
-            TaskSummary(info, metric, same, standard, optimal, reduction, len(own) - len(same), len(standards) > 1)
-        )
+        summary = TaskSummary(info, metric, same, standard, optimal, reduction, len(own) - len(same),
+                              len(standards) > 1, oracle=best_row(metric, same))
+        if optimal is None and same:
+            reasons = sorted({str(r.get("selection") or "")[6:] for r in same if not has_validation(r)} - {""})
+            summary.no_selection = "; ".join(reasons) or "no row has a validation score"
+        if items is not None and standard is not None and optimal is not None:
+            summary.difference = paired_difference(optimal, standard, items)
+        summary.repeats = repeat_summary([r for r in every if r["metric"] == metric], metric)
+        out.append(summary)
+    return out
+
+
+def paired_difference(a: dict[str, Any], b: dict[str, Any], items: dict[str, dict[str, Any]]):
+    """``a - b`` (test values) with the paired bootstrap interval of their stored replicates."""
+    from transferlab.analysis.intervals import difference
+
+    ia, ib = items.get(a["job_key"]), items.get(b["job_key"])
+    ra = ia.get("replicates") if ia else None
+    rb = ib.get("replicates") if ib else None
+    paired = bool(ia and ib and int(ia.get("resample_seed", -1)) == int(ib.get("resample_seed", -2)))
+    return difference(a["value"], b["value"], ra, rb, paired=paired)
+
+
+def repeat_summary(rows: list[dict[str, Any]], metric: str) -> dict[str, Any] | None:
+    """Mean and std over the splits of execution.repeats of Deep Standard and Deep Optimal
+    (each split chooses its own Deep Optimal on its validation data); None with one split."""
+    import statistics
+
+    splits = sorted({int((r.get("extra") or {}).get("split", 0)) for r in rows})
+    if len(splits) < 2:
+        return None
+    values: dict[str, list[float]] = {"standard": [], "optimal": []}
+    for split in splits:
+        these = [r for r in rows if int((r.get("extra") or {}).get("split", 0)) == split]
+        standard = next((r for r in these if r["standard"]), None)
+        optimal = select_row(metric, these, standard)
+        for name, row in (("standard", standard), ("optimal", optimal)):
+            if row is not None and math.isfinite(row["value"]):
+                values[name].append(row["value"])
+    out: dict[str, Any] = {"splits": len(splits)}
+    for name, vals in values.items():
+        out[name] = {"mean": statistics.fmean(vals) if vals else math.nan,
+                     "std": statistics.stdev(vals) if len(vals) > 1 else math.nan, "n": len(vals)}
     return out
 
 
@@ -326,7 +413,8 @@ def factor_table(factor: str, summaries: list[TaskSummary]) -> FactorTable:
         table.modes[name] = mode
         table.references[name] = "standard" if summary.standard is not None else "optimal"
         for key, group in candidates.items():
-            chosen = best_row(metric, group)
+            chosen = group[0] if len(group) == 1 else (select_row(metric, group, summary.standard)
+                                                        or group[0])
             if chosen is None:
                 continue
             values_seen.append(config_of(chosen)[factor])

@@ -25,6 +25,9 @@ PositiveInt = Annotated[int, Field(ge=1)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 VIEW_CHOICES = ("orig", "orig+flip")
+# Version of how a row is evaluated (validation score, test subset, intervals): rows of an
+# older protocol are never reused as if they were current.
+EVALUATION_PROTOCOL = 2
 
 
 class _Strict(BaseModel):
@@ -92,6 +95,8 @@ class RetrievalConfig(_Strict):
     qe: list[NonNegativeInt] = Field(default_factory=lambda: [0])
     spatial_search: bool = False
     whiten_on: str | None = None  # a task whose database features fit the PCA (e.g. paris6k for oxford5k)
+    # share of the queries (seeded draw) held out to choose Deep Optimal; the rest are reported
+    selection_queries: float = Field(default=0.5, gt=0.0, lt=1.0)
 
 
 class FinetuneConfig(_Strict):
@@ -163,6 +168,7 @@ class Execution(_Strict):
     on_bad_image: Literal["error", "skip"] = "error"
     jpeg_draft: bool = False  # reduced-scale JPEG decoding (features.images.read_image)
     compile: bool = False  # torch.compile the forward pass (features.extract.CompiledForward)
+    repeats: int = Field(default=1, ge=1, le=50)  # seeded splits of tasks without one fixed split
 
 
 class StudyConfig(_Strict):
@@ -206,6 +212,21 @@ class StudyConfig(_Strict):
 
     def config_hash(self) -> str:
         text = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def evaluation_hash(self, kind: str, finetune: str = "off") -> str:
+        """Hash of every setting that shapes a result besides the factor values, the source and
+        the task: the probe (loss, C grid, class weight) or the retrieval settings (metric,
+        spatial search, whitening set, query split; QE is a factor), the fine-tuning settings
+        when the job fine-tunes, the seed, and the evaluation protocol's version."""
+        parts: dict[str, Any] = {"protocol": EVALUATION_PROTOCOL, "seed": self.execution.seed}
+        if kind == "retrieval":
+            parts["retrieval"] = self.retrieval.model_dump(mode="json", exclude={"qe"})
+        else:
+            parts["probe"] = self.probe.model_dump(mode="json")
+        if finetune == "on":
+            parts["finetune"] = self.finetune.model_dump(mode="json")
+        text = json.dumps(parts, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def task_root(self, task: TaskEntry) -> str | None:

@@ -21,7 +21,10 @@ def quick_variant(config: StudyConfig) -> StudyConfig:
         "views": config.factors.views[:1],
         "finetune": ["off"],
     })
+    tasks = [t.model_copy(update={"options": {k: v for k, v in t.options.items() if k != "quick"}})
+             for t in config.tasks]  # the small versions throughout: a smoke test, not an answer
     return config.model_copy(update={
         "name": f"{config.name}-quick", "quick": True, "sources": config.sources[:1], "factors": factors,
+        "tasks": tasks,
         "retrieval": config.retrieval.model_copy(update={"qe": config.retrieval.qe[:1]}), "train": [],
     })

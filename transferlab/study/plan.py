@@ -19,6 +19,7 @@ from transferlab.data.base import TaskData, image_splits
 from transferlab.data.tasks import TaskSpec, get_task, load_task
 from transferlab.errors import TransferlabError
 from transferlab.study.config import SourceEntry, StudyConfig
+from transferlab.study.results import job_key_of
 
 FACTOR_NAMES = ("layer", "pooling", "normalisation", "pca", "views", "finetune", "qe")
 CONCAT = re.compile(r"^concat:\[(.+)\]$")
@@ -62,11 +63,13 @@ class Job:
     standard: bool = False
     optimal: bool = False
     learning: tuple[tuple[str, Any], ...] = ()  # learning factors of a trained source
+    identity: str = ""  # result_identity(): source weights, task data, evaluation settings, split
+    split: int = 0  # 0 = the task's own split; r > 0 = the r-th seeded re-split (execution.repeats)
 
     @property
     def key(self) -> str:
-        text = json.dumps([self.source, self.task, self.setting.as_dict(), self.optimal], sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:20]
+        """The result's key: the same function the ResultStore uses (results.job_key_of)."""
+        return job_key_of(self.source, self.task, self.factors(), self.identity or None)
 
     def factors(self) -> dict[str, Any]:
         values = self.setting.as_dict()
@@ -90,6 +93,20 @@ class Plan:
     notes: list[str] = field(default_factory=list)
     learning: dict[str, dict[str, Any]] = field(default_factory=dict)  # source -> learning factors
     to_train: int = 0  # train: networks not yet in the cache
+    source_ids: dict[str, str] = field(default_factory=dict)  # source -> spec + weights identity
+    task_ids: dict[str, str] = field(default_factory=dict)  # task -> name + options + data fingerprint
+
+    def make_job(self, source: str, task: str, setting: Setting, *, standard: bool = False,
+                 optimal: bool = False, split: int = 0) -> Job:
+        """A job with its full identity (the only way jobs are made, so keys always agree)."""
+        kind = "retrieval" if self.specs[task].kind == "retrieval" else "probe"
+        identity = result_identity(self.source_ids.get(source, source), self.task_ids.get(task, task),
+                                   self.config.evaluation_hash(kind, setting.finetune), split)
+        return Job(source, task, setting, kind, standard=standard, optimal=optimal,
+                   learning=tuple(sorted(self.learning.get(source, {}).items())), identity=identity, split=split)
+
+    def current_keys(self) -> list[str]:
+        return [j.key for j in self.jobs]
 
     def jobs_for(self, source: str, task: str) -> list[Job]:
         return [j for j in self.jobs if j.source == source and j.task == task]
@@ -140,6 +157,32 @@ class Plan:
         }
 
 
+def result_identity(source_id: str, task_id: str, evaluation_hash: str, split: int = 0) -> str:
+    """Hash of everything besides the factor values that made a result: the source (spec and
+    weights), the task (options and data fingerprint), the evaluation settings and the split."""
+    text = json.dumps([source_id, task_id, evaluation_hash, split])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def task_fingerprint(task: TaskData, options: dict[str, Any]) -> str:
+    """Name, loader options, every image list (paths, sizes, mtimes) and every label."""
+    from transferlab.features.store import dataset_fingerprint
+
+    digest = hashlib.sha256(json.dumps([task.name, options], sort_keys=True, default=str).encode())
+    for name, split in sorted(image_splits(task).items()):
+        digest.update(f"{name}:{dataset_fingerprint(split.paths, split.boxes)}".encode())
+        digest.update(split.labels.tobytes())
+    for query in task.queries or []:
+        for part in (query.positives, query.junk, query.easy, query.hard):
+            digest.update(b"|" if part is None else part.astype("int64").tobytes())
+    return f"{task.name}:{digest.hexdigest()[:16]}"
+
+
+def repeatable(spec: TaskSpec) -> bool:
+    """Tasks without one fixed split: the built-in classification tasks (re-split, seeded)."""
+    return bool(spec.builtin) and spec.kind != "retrieval"
+
+
 def concat_members(spec: str) -> list[str] | None:
     match = CONCAT.match(spec.strip())
     if not match:
@@ -177,6 +220,8 @@ def make_plan(config: StudyConfig, check_layers: bool = True) -> Plan:
     notes: list[str] = []
     tasks: dict[str, TaskData] = {}
     specs: dict[str, TaskSpec] = {}
+    task_ids: dict[str, str] = {}
+    source_ids: dict[str, str] = {}
     for entry in config.tasks:
         try:
             spec = get_task(entry.name)
@@ -193,6 +238,7 @@ def make_plan(config: StudyConfig, check_layers: bool = True) -> Plan:
             continue
         try:
             tasks[entry.name] = load_task(entry.name, root, **options)
+            task_ids[entry.name] = task_fingerprint(tasks[entry.name], options)
         except TransferlabError as exc:
             if spec.builtin and root is None:  # e.g. dataset-fashion-mnist not installed
                 notes.append(f"skipped built-in task {entry.name}: {exc}")
@@ -212,13 +258,15 @@ def make_plan(config: StudyConfig, check_layers: bool = True) -> Plan:
         learning[entry.name] = factors
         if train_entry in untrained:
             sources[entry.name] = entry
+            source_ids[entry.name] = f"{entry.spec} (to be trained)"
             usable[entry.name] = {str(layer): True for layer in config.factors.layers}
     for entry in [*config.sources, *(e for e, _, t in trained if t not in untrained)]:
         if entry.name in sources:
             problems.append(f"sources: {entry.name} is listed twice")
             continue
         sources[entry.name] = entry
-        found, source_problems = _check_source(entry, config, check_layers)
+        found, source_problems, weights_ids = _check_source(entry, config, check_layers)
+        source_ids[entry.name] = json.dumps([entry.spec, entry.weights, weights_ids])
         problems.extend(source_problems)
         usable[entry.name] = found
         missing = [str(layer) for layer in config.factors.layers if str(layer) not in found]
@@ -229,7 +277,9 @@ def make_plan(config: StudyConfig, check_layers: bool = True) -> Plan:
         for layer in config.factors.layers:
             if usable and all(str(layer) not in found for found in usable.values() if found):
                 problems.append(f"factors.layers: layer {layer} exists in none of the sources")
-    jobs = []
+    jobs: list[Job] = []
+    plan = Plan(config, sources, tasks, specs, jobs, list(config.factors.layers), list(config.factors.pooling),
+                ["orig"], notes, learning, len(untrained), source_ids, task_ids)
     for source_name in sources:
         for task_name, spec in specs.items():
             if task_name not in tasks:
@@ -245,9 +295,10 @@ def make_plan(config: StudyConfig, check_layers: bool = True) -> Plan:
                 spatial = usable[source_name].get(str(setting.layer))
                 if check_layers and (spatial is None or (not spatial and setting.pooling not in ("avg", "max"))):
                     continue  # layer absent from this source, or a vector layer with spatial pooling
-                jobs.append(Job(source_name, task_name, setting, "retrieval" if retrieval else "probe",
-                                standard=is_standard and standard_source and source_name not in learning,
-                                learning=tuple(sorted(learning.get(source_name, {}).items()))))
+                splits = range(config.execution.repeats) if repeatable(spec) else range(1)
+                for split in splits:
+                    jobs.append(plan.make_job(source_name, task_name, setting, split=split,
+                                              standard=is_standard and standard_source and source_name not in learning))
     if "windows" in config.factors.pooling:
         notes.append("pooling 'windows' (spatial search) is evaluated on retrieval tasks only")
     if not tasks and not problems:
@@ -259,12 +310,13 @@ def make_plan(config: StudyConfig, check_layers: bool = True) -> Plan:
         notes.append(f"{len(untrained)} source network(s) of train: will be trained first")
     # the first listed source is the standard one, trained sources come after the others
     order = [e.name for e in config.sources] + [e.name for e, _, _ in trained]
-    sources = {name: sources[name] for name in order if name in sources}
-    return Plan(config, sources, tasks, specs, jobs, list(config.factors.layers),
-                list(config.factors.pooling), views, notes, learning, len(untrained))
+    plan.sources = {name: sources[name] for name in order if name in sources}
+    plan.views = views
+    return plan
 
 
-def _check_source(entry: SourceEntry, config: StudyConfig, check_layers: bool) -> tuple[dict[str, bool], list[str]]:
+def _check_source(entry: SourceEntry, config: StudyConfig,
+                  check_layers: bool) -> tuple[dict[str, bool], list[str], list[str]]:
     """Load each (member) source once; return {layer spec: spatial?} usable by every member."""
     from transferlab.sources import load_source
 
@@ -272,12 +324,14 @@ def _check_source(entry: SourceEntry, config: StudyConfig, check_layers: bool) -
     specs = members if members else [entry.spec]
     problems: list[str] = []
     found: dict[str, bool] | None = None
+    weights_ids: list[str] = []
     for spec in specs:
         try:
             source = load_source(spec, entry.weights)
         except TransferlabError as exc:
             problems.append(f"sources.{entry.name}: {exc}")
             continue
+        weights_ids.append(str(source.weights_id))
         if not check_layers:
             continue
         layers: dict[str, bool] = {}
@@ -291,4 +345,4 @@ def _check_source(entry: SourceEntry, config: StudyConfig, check_layers: bool) -
             problems.append(f"sources.{entry.name}: none of the layers {config.factors.layers} exists in {spec} "
                             f"(it has {', '.join(str(layer.index) for layer in source.layers)})")
         found = layers if found is None else {k: v and layers[k] for k, v in found.items() if k in layers}
-    return found or {}, problems
+    return found or {}, problems, weights_ids

@@ -52,12 +52,15 @@ POST_LEARNING_FACTORS = (
     "layer", "layer_name", "pooling", "normalisation", "pca", "views", "finetune", "qe", "head", "loss", "sweep",
 )  # fmt: skip
 FACTOR_ORDER = LEARNING_FACTORS + POST_LEARNING_FACTORS
-PROVENANCE_KEYS = ("config_hash", "versions", "git_commit", "seed", "device", "created")
+PROVENANCE_KEYS = ("identity", "config_hash", "versions", "git_commit", "seed", "device", "created")
 
 _COLUMNS = (
     "job_key", "source", "task", "factors", "metric", "value", "metrics", "standard",
     "seconds", "extra", "config_hash", "versions", "git_commit", "seed", "device", "created",
+    "val_value", "selection", "low", "high", "identity",
 )  # fmt: skip
+# Columns added after the first schema: older stores get them by ALTER TABLE on open.
+_ADDED_COLUMNS = {"val_value": "REAL", "selection": "TEXT", "low": "REAL", "high": "REAL", "identity": "TEXT"}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
@@ -80,6 +83,7 @@ CREATE TABLE IF NOT EXISTS results (
     created     REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS results_task ON results (task);
+CREATE TABLE IF NOT EXISTS items (job_key TEXT PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
@@ -102,9 +106,15 @@ def dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=_json_default)
 
 
-def job_key_of(source: str, task: str, factors: dict[str, Any]) -> str:
-    """Stable hash of (source, task, factor values): equal inputs give equal keys in any run."""
-    text = dumps({"source": source, "task": task, "factors": factors})
+def job_key_of(source: str, task: str, factors: dict[str, Any], identity: str | None = None) -> str:
+    """The one key of a result, used by the planner (``Job.key``), every executor and the store:
+    a stable hash of (source, task, factor values) and ``identity``, the hash of everything
+    else that made the result (plan.result_identity: source weights, task data fingerprint,
+    evaluation settings, split seed). Equal inputs give equal keys in any run."""
+    payload: dict[str, Any] = {"source": source, "task": task, "factors": factors}
+    if identity:
+        payload["identity"] = identity
+    text = dumps(payload)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
@@ -122,18 +132,25 @@ class ResultRow:
     seconds: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     job_key: str = ""
+    val_value: float | None = None  # the selection score (task's metric on validation data)
+    selection: str = ""  # "val", "3-fold", "queries 50%", or "none: why"
+    low: float | None = None  # 95% bootstrap interval of value over test images / queries
+    high: float | None = None
+    identity: str = ""  # plan.result_identity (shown with `results --all` as the configuration hash)
+    items: dict[str, Any] | None = None  # per-item test data + bootstrap replicates (not in rows())
 
     def __post_init__(self) -> None:
         if not self.job_key and isinstance(self.factors, dict):
             try:
-                self.job_key = job_key_of(self.source, self.task, self.factors)
+                self.job_key = job_key_of(self.source, self.task, self.factors, self.identity or None)
             except TypeError:
                 pass  # add() reports the unserialisable value with the row's name
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ResultRow:
         """Back from a ``ResultStore.rows()`` dict (provenance fields are dropped)."""
-        names = ("source", "task", "factors", "metric", "value", "metrics", "standard", "seconds", "extra", "job_key")
+        names = ("source", "task", "factors", "metric", "value", "metrics", "standard", "seconds", "extra", "job_key",
+                 "val_value", "selection", "low", "high", "identity")
         return cls(**{k: data[k] for k in names if k in data})
 
 
@@ -227,6 +244,10 @@ class ResultStore:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         cur.execute(statement)
+                have = {row[1] for row in cur.execute("PRAGMA table_info(results)").fetchall()}
+                for name, sql_type in _ADDED_COLUMNS.items():
+                    if name not in have:
+                        cur.execute(f"ALTER TABLE results ADD COLUMN {name} {sql_type}")
                 found = cur.execute("SELECT version FROM schema_version").fetchall()
                 if not found:
                     cur.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
@@ -296,10 +317,14 @@ class ResultStore:
         created = time.time()
         with self._transaction() as cur:
             for number, row in enumerate(rows, 1):
+                record = self._record(row, number, created)
                 cur.execute(
                     f"INSERT OR REPLACE INTO results ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
-                    self._record(row, number, created),
+                    record,
                 )
+                if row.items is not None:
+                    cur.execute("INSERT OR REPLACE INTO items (job_key, data) VALUES (?, ?)",
+                                (record[0], _pack_items(row.items)))
 
     def _record(self, row: ResultRow, number: int, created: float) -> tuple:
         where = f"result row {number} ({getattr(row, 'source', '?')} on {getattr(row, 'task', '?')})"
@@ -330,6 +355,7 @@ class ResultStore:
             encoded["seconds"], encoded["extra"], prov.get("config_hash"),
             dumps(prov["versions"]) if prov.get("versions") is not None else None,
             prov.get("git_commit"), int(seed) if seed is not None else None, prov.get("device"), created,
+            _finite(row.val_value), row.selection or None, _finite(row.low), _finite(row.high), row.identity or None,
         )  # fmt: skip
 
     def rows(self, task: str | None = None) -> list[dict[str, Any]]:
@@ -347,8 +373,31 @@ class ResultStore:
             item["versions"] = json.loads(item["versions"]) if item["versions"] is not None else None
             item["value"] = float("nan") if item["value"] is None else float(item["value"])
             item["standard"] = bool(item["standard"])
+            for name in ("val_value", "low", "high"):
+                item[name] = float("nan") if item[name] is None else float(item[name])
+            item["selection"] = item["selection"] or ""
+            item["identity"] = item["identity"] or ""
             out.append(item)
         return out
+
+    def items(self, keys: list[str] | None = None) -> dict[str, dict[str, Any]]:
+        """Per-item test data and bootstrap replicates of rows (all, or those of ``keys``),
+        verified on read: a damaged entry is left out (its row then has no paired interval)."""
+        found = self._query("SELECT job_key, data FROM items")
+        wanted = None if keys is None else set(keys)
+        out = {}
+        for key, blob in found:
+            if wanted is not None and key not in wanted:
+                continue
+            unpacked = _unpack_items(blob)
+            if unpacked is not None:
+                out[key] = unpacked
+        return out
+
+    def current_rows(self, task: str | None = None) -> list[dict[str, Any]]:
+        """The rows of the latest study configuration run here (``meta["current_keys"]``);
+        every row when no study recorded its keys."""
+        return current_only(self.rows(task), self.meta())
 
     # ------------------------------------------------------------------ exports
     def export_rows(self, task: str | None = None) -> list[dict[str, Any]]:
@@ -367,7 +416,7 @@ class ResultStore:
             atomic_write_text(path, text)
         return text
 
-    def to_csv(self, path: str | Path | None = None) -> str:
+    def to_csv(self, path: str | Path | None = None, *, current: bool = False) -> str:
         """All results as CSV, one column per factor, timing and scalar metric.
 
         Columns: job_key, source, task, every factor (``factor.<name>``), metric, value,
@@ -375,12 +424,14 @@ class ResultStore:
         ``extra.<name>``, then provenance. Lists (per-class values) stay in the JSON export.
         """
         rows = self.export_rows()
+        if current:
+            rows = current_only(rows, self.meta())
         factor_names = ordered_factors(ordered_keys(r["factors"] for r in rows))
         metric_names = ordered_keys({k: v for k, v in r["metrics"].items() if _scalar(v)} for r in rows)
         second_names = ordered_keys(r["seconds"] for r in rows)
         extra_names = ordered_keys({k: v for k, v in r["extra"].items() if _scalar(v)} for r in rows)
         header = (
-            ["job_key", "source", "task"] + [f"factor.{n}" for n in factor_names] + ["metric", "value", "standard"]
+            ["job_key", "source", "task"] + [f"factor.{n}" for n in factor_names] + ["metric", "value", "low", "high", "val_value", "selection", "standard"]
             + [f"metrics.{n}" for n in metric_names] + [f"seconds.{n}" for n in second_names]
             + [f"extra.{n}" for n in extra_names] + list(PROVENANCE_KEYS)
         )  # fmt: skip
@@ -391,7 +442,8 @@ class ResultStore:
             writer.writerow(
                 [r["job_key"], r["source"], r["task"]]
                 + [_cell(r["factors"].get(n, "")) for n in factor_names]
-                + [r["metric"], _cell(r["value"]), int(r["standard"])]
+                + [r["metric"], _cell(r["value"]), _cell(r["low"]), _cell(r["high"]), _cell(r["val_value"]),
+                   r["selection"], int(r["standard"])]
                 + [_cell(r["metrics"].get(n, "")) for n in metric_names]
                 + [_cell(r["seconds"].get(n, "")) for n in second_names]
                 + [_cell(r["extra"].get(n, "")) for n in extra_names]
@@ -449,6 +501,44 @@ class ResultStore:
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
+
+
+def current_only(rows: list[dict[str, Any]], meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows whose key the latest study planned or evaluated (all rows if it recorded none)."""
+    keys = meta.get("current_keys")
+    if not isinstance(keys, list):
+        return rows
+    wanted = set(keys)
+    return [r for r in rows if r["job_key"] in wanted]
+
+
+def _finite(value: Any) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _pack_items(items: dict[str, Any]) -> bytes:
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **{k: np.asarray(v) for k, v in items.items()})
+    data = buffer.getvalue()
+    return hashlib.sha256(data).digest()[:8] + data
+
+
+def _unpack_items(blob: bytes) -> dict[str, Any] | None:
+    import numpy as np
+
+    blob = bytes(blob)
+    if len(blob) < 8 or hashlib.sha256(blob[8:]).digest()[:8] != blob[:8]:
+        return None
+    try:
+        with np.load(io.BytesIO(blob[8:]), allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except (OSError, ValueError):
+        return None
 
 
 def ordered_factors(names: Any) -> list[str]:

@@ -23,6 +23,7 @@ from transferlab.study.evaluation import (
     best_setting,
     evaluate_probe_job,
     evaluate_retrieval_job,
+    resplit,
 )
 from transferlab.study.executors import make_executor
 from transferlab.study.plan import Job, Plan, concat_members, make_plan, settings_for
@@ -37,6 +38,7 @@ class RunSummary:
     seconds: float = 0.0
     forwarded_images: int = 0
     failures: list[str] = field(default_factory=list)
+    selection_notes: list[str] = field(default_factory=list)
 
 
 # --------------------------------------------------------- remote-safe work units
@@ -99,11 +101,19 @@ def evaluate_jobs(jobs: list[Job], task: TaskData, features: FeatureSource, conf
     """Evaluate jobs sharing one (source, task); a failing job becomes an error string.
     ``whiten``: features of a held-out task whose database fits the retrieval PCA."""
     out: list[ResultRow | str] = []
+    resplits: dict[int, tuple] = {}
+    base_task, base_features = task, features
     for job in jobs:
         try:
+            task, features = base_task, base_features
+            if job.split:  # execution.repeats: a seeded re-split, from the same features
+                if job.split not in resplits:
+                    resplits[job.split] = resplit(base_task, base_features, job.split, config.execution.seed)
+                task, features = resplits[job.split]
             if job.kind == "retrieval":
                 held_out = None if whiten is None else whiten.split("db", job.setting.layer, job.setting.pooling)
-                out.append(evaluate_retrieval_job(job, task, features, config.retrieval, metric, held_out))
+                out.append(evaluate_retrieval_job(job, task, features, config.retrieval, metric, held_out,
+                                                  config.execution.seed))
             else:
                 out.append(evaluate_probe_job(job, task, features, config.probe, metric, config.execution.seed))
         except TransferlabError as exc:
@@ -148,6 +158,10 @@ def run_study(config: StudyConfig, run_dir: str | Path, *, executor: str = "loca
             distances.setdefault(name, {})["paper"] = spec.distance
         results.set_meta("distances", distances)
         done = results.done_keys()
+        # the rows `report` and `results` show: this configuration's (old rows stay, apart)
+        current = plan.current_keys()
+        results.set_meta("current_keys", current)
+        results.set_meta("current_identity", config.config_hash())
         pool = make_executor(executor, address)
         execution = {**config.execution.model_dump(), "progress": progress}
         memo: dict[tuple, FeatureSource] = {}  # features shared by several pairs (whitening sets)
@@ -222,15 +236,28 @@ def _run_pair(plan: Plan, pool, results: ResultStore, summary: RunSummary, sourc
     if optimal_wanted:
         from transferlab.evaluate import higher_is_better
 
-        rows = [r for r in results.rows(task_name) if r["source"] == source_name]
+        wanted = {j.key for j in plan.jobs_for(source_name, task_name)}
+        rows = [r for r in results.rows(task_name) if r["source"] == source_name and r["job_key"] in wanted]
         standard = settings_for(config, plan.specs[task_name].kind == "retrieval")[0][0]
-        best = best_setting(rows, standard, higher_is_better(metric))
-        job = Job(source_name, task_name, best, jobs[0].kind if jobs else _kind(plan, task_name), optimal=True)
-        evaluated = {j.setting for j in plan.jobs_for(source_name, task_name)}
-        if job.key in done or best in evaluated:
-            return  # the best combination is one the sweep already measured
-        feats = ensure_tuned() if best.finetune == "on" else ensure_features()
-        _evaluate(pool, results, summary, [job], task, feats, config, metric, whitening(), progress)
+        splits = sorted({j.split for j in plan.jobs_for(source_name, task_name)})
+        for split in splits:
+            split_rows = [r for r in rows if (r["extra"] or {}).get("split", 0) == split]
+            best = best_setting(split_rows, standard, higher_is_better(metric))
+            job = plan.make_job(source_name, task_name, best, optimal=True, split=split)
+            evaluated = {j.setting for j in plan.jobs_for(source_name, task_name)}
+            if best in evaluated:
+                continue  # the best combination is one the sweep already measured
+            _add_current(results, job.key)
+            if job.key in done:
+                continue
+            feats = ensure_tuned() if best.finetune == "on" else ensure_features()
+            _evaluate(pool, results, summary, [job], task, feats, config, metric, whitening(), progress)
+
+
+def _add_current(results: ResultStore, key: str) -> None:
+    current = results.get_meta("current_keys", []) or []
+    if key not in current:
+        results.set_meta("current_keys", [*current, key])
 
 
 def _kind(plan: Plan, task_name: str) -> str:
@@ -251,6 +278,10 @@ def _evaluate(pool, results, summary, jobs, task, features, config, metric, whit
         for outcome in pool.map_evaluation(evaluate_jobs, calls):
             rows = [r for r in outcome if isinstance(r, ResultRow)]
             errors = [r for r in outcome if isinstance(r, str)]
+            for row in rows:  # bad input for selection: one line per task and problem
+                if row.selection.startswith("none: ") and row.selection not in summary.selection_notes:
+                    summary.selection_notes.append(row.selection)
+                    print(f"transferlab: {row.selection[6:]}", file=sys.stderr)
             if rows:
                 results.add_many(rows)
             summary.new_results += len(rows)

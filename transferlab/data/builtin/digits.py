@@ -21,7 +21,8 @@ from transferlab.errors import TransferlabError
 VERSION = 1
 SEED = 104
 UPSCALE = 4
-SIZES = {False: {"train": 50, "val": 10, "test": 30}, True: {"train": 10, "val": 5, "test": 5}}
+SIZES = {False: {"train": 50, "val": 10, "test": 30}, True: {"train": 10, "val": 5, "test": 5},
+         "demo": {"train": 10, "val": 5, "test": 30}}  # demo: quick train/val, the full test split
 
 
 def to_pixels(image: np.ndarray) -> np.ndarray:
@@ -30,7 +31,7 @@ def to_pixels(image: np.ndarray) -> np.ndarray:
     return np.kron(grey, np.ones((UPSCALE, UPSCALE), dtype=np.uint8))
 
 
-def _build(quick: bool, folder: Path) -> None:
+def _build(quick: bool | str, folder: Path) -> None:
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
@@ -47,11 +48,13 @@ def _build(quick: bool, folder: Path) -> None:
     )
 
 
-def read_digits(root: Path | None = None, quick: bool = False) -> TaskData:
+def read_digits(root: Path | None = None, quick: bool | str = False) -> TaskData:
     """Ten digit classes, class-balanced seeded subset."""
     if root is not None:
         raise TransferlabError("task digits is built in (scikit-learn's load_digits) and takes no root")
-    key = f"digits-v{VERSION}{'-quick' if quick else ''}"
+    if quick not in SIZES:
+        raise TransferlabError(f"task digits: option quick must be true, false or demo; got {quick!r}")
+    key = f"digits-v{VERSION}{'-quick' if quick is True else (f'-{quick}' if quick else '')}"
 
     def read(folder: Path) -> TaskData:
         data = read_image_folder(folder)

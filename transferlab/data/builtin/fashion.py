@@ -51,9 +51,20 @@ LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
 
 # Images per class: (train, val) from the training file, test from t10k.
 SIZES = {
-    "fashion_mnist": {False: {"train": 50, "val": 10, "test": 30}, True: {"train": 10, "val": 5, "test": 5}},
-    "fashion_upper": {False: {"train": 150, "val": 25, "test": 75}, True: {"train": 30, "val": 10, "test": 15}},
+    "fashion_mnist": {False: {"train": 50, "val": 10, "test": 30}, True: {"train": 10, "val": 5, "test": 5},
+                      "demo": {"train": 10, "val": 5, "test": 30}},
+    "fashion_upper": {False: {"train": 150, "val": 25, "test": 75}, True: {"train": 30, "val": 10, "test": 15},
+                      "demo": {"train": 30, "val": 10, "test": 75}},
 }
+# quick: "demo" = the quick train/val splits with the full test split (300 test images): the
+# demo's answer needs test sets that can tell configurations apart, its time budget small trains.
+
+
+def size_suffix(quick: bool | str) -> str:
+    """The cache-folder suffix of a size: '', '-quick' or '-<name>'."""
+    if quick is True:
+        return "-quick"
+    return f"-{quick}" if quick else ""
 SEEDS = {"fashion_mnist": 101, "fashion_upper": 103}
 
 
@@ -139,7 +150,7 @@ def fingerprint(files: dict[str, Path]) -> str:
     return digest.hexdigest()[:12]
 
 
-def _build(task: str, files: dict[str, Path], classes: list[int], quick: bool, folder: Path) -> None:
+def _build(task: str, files: dict[str, Path], classes: list[int], quick: bool | str, folder: Path) -> None:
     arrays = load_arrays(files)
     sizes = SIZES[task][quick]
     rng = np.random.default_rng(SEEDS[task])
@@ -157,9 +168,12 @@ def _build(task: str, files: dict[str, Path], classes: list[int], quick: bool, f
     write_image_folder(folder, items)
 
 
-def _load(task: str, classes: list[int], root: Path | None, quick: bool) -> TaskData:
+def _load(task: str, classes: list[int], root: Path | None, quick: bool | str) -> TaskData:
+    if quick not in SIZES[task]:
+        raise TransferlabError(f"task {task}: option quick must be true, false or one of "
+                               f"{', '.join(k for k in SIZES[task] if isinstance(k, str))}; got {quick!r}")
     files = find_files(root)
-    key = f"{task}-v{VERSION}{'-quick' if quick else ''}-{fingerprint(files)}"
+    key = f"{task}-v{VERSION}{size_suffix(quick)}-{fingerprint(files)}"
 
     def read(folder: Path) -> TaskData:
         data = read_image_folder(folder)
@@ -171,11 +185,11 @@ def _load(task: str, classes: list[int], root: Path | None, quick: bool) -> Task
     return materialise(key, lambda folder: _build(task, files, classes, quick, folder), read)
 
 
-def read_fashion_mnist(root: Path | None = None, quick: bool = False) -> TaskData:
+def read_fashion_mnist(root: Path | None = None, quick: bool | str = False) -> TaskData:
     """All ten Fashion-MNIST classes, class-balanced subset."""
     return _load("fashion_mnist", list(range(len(CLASS_NAMES))), root, quick)
 
 
-def read_fashion_upper(root: Path | None = None, quick: bool = False) -> TaskData:
+def read_fashion_upper(root: Path | None = None, quick: bool | str = False) -> TaskData:
     """The four upper-body garments only: T-shirt/top, Pullover, Coat, Shirt."""
     return _load("fashion_upper", UPPER_BODY, root, quick)

@@ -48,7 +48,8 @@ ATTRIBUTES = (*COLOURS, *SHAPES, *TEXTURES, *SIZES)
 RELATIONS = ("left_of", "above")
 
 ATTRIBUTE_SPLITS = {False: {"train": 400, "val": 100, "test": 200}, True: {"train": 100, "val": 40, "test": 60}}
-RELATION_SPLITS = {False: {"train": 30, "val": 10, "test": 20}, True: {"train": 8, "val": 4, "test": 6}}
+RELATION_SPLITS = {False: {"train": 30, "val": 10, "test": 20}, True: {"train": 8, "val": 4, "test": 6},
+                   "demo": {"train": 8, "val": 4, "test": 25}}  # demo: quick train/val, a 300-image test split
 ATTRIBUTE_SEED = 102
 RELATION_SEED = 105
 _SPLIT_CODE = {"train": 0, "val": 1, "test": 2}
@@ -240,7 +241,7 @@ def relation_scene(first: str, relation: str, second: str, rng: np.random.Genera
     return things
 
 
-def _build_relations(quick: bool, folder: Path) -> None:
+def _build_relations(quick: bool | str, folder: Path) -> None:
     classes = relation_classes()
     for split, n in RELATION_SPLITS[quick].items():
         items = []
@@ -252,11 +253,13 @@ def _build_relations(quick: bool, folder: Path) -> None:
         write_image_folder(folder, items)
 
 
-def read_shape_relations(root: Path | None = None, quick: bool = False) -> TaskData:
+def read_shape_relations(root: Path | None = None, quick: bool | str = False) -> TaskData:
     """Twelve composition classes: ordered pairs of different shapes x {left_of, above}."""
     if root is not None:
         raise TransferlabError("task shape_relations is built in (drawn images) and takes no root")
-    key = f"shape_relations-v{VERSION}{'-quick' if quick else ''}"
+    if quick not in RELATION_SPLITS:
+        raise TransferlabError(f"task shape_relations: option quick must be true, false or demo; got {quick!r}")
+    key = f"shape_relations-v{VERSION}{'-quick' if quick is True else (f'-{quick}' if quick else '')}"
 
     def read(folder: Path) -> TaskData:
         data = read_image_folder(folder)
