@@ -55,11 +55,11 @@ COMPANION_POOLINGS = ("avg", "max", "gem", "grid2")
 
 
 def _with_companions(source, layer, pooling: str) -> list[str]:
+    from transferlab.features.pooling import check_pooling, poolings_for
+
     resolved = source.resolve_layers([layer])[0]
-    if not resolved.spatial and pooling not in ("avg", "max"):
-        return [pooling]  # let extraction say this pooling needs a spatial layer
-    companions = COMPANION_POOLINGS if resolved.spatial else ("avg", "max")
-    return [pooling] + [p for p in companions if p != pooling]
+    check_pooling(resolved, pooling, source.name)  # one line naming the layer and the pooling
+    return [pooling] + [p for p in poolings_for(resolved, COMPANION_POOLINGS) if p != pooling]
 
 
 def task_and_features(args: argparse.Namespace, layer, pooling: str, views: list[str]):
@@ -80,7 +80,8 @@ def task_and_features(args: argparse.Namespace, layer, pooling: str, views: list
     members = concat_members(args.source) or [args.source]
     parts = []
     for spec in members:
-        source = load_source(spec, args.weights if len(members) == 1 else None)
+        source = load_source(spec, args.weights if len(members) == 1 else None,
+                             resolution=getattr(args, "resolution", None))
         parts.append(extract_task(source, task, [layer], _with_companions(source, layer, pooling), views,
                                   store=store, device=args.device,
                                   batch_size=args.batch_size, num_workers=args.workers,

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     store = FeatureStore(args.cache) if args.cache else FeatureStore()
     result = select(
         task, spec.metric, sources, layers, poolings, score=args.score, confirm=args.confirm, full=args.full,
-        probe=ProbeConfig(Cs=Cs), weights=args.weights, store=store, device=args.device,
+        probe=ProbeConfig(Cs=Cs), weights=args.weights, resolution=args.resolution, store=store, device=args.device,
         batch_size=args.batch_size, num_workers=args.workers, on_bad_image=args.on_bad_image,
         progress=not args.no_progress, jpeg_draft=args.jpeg_draft, compile_model=args.compile,
     )

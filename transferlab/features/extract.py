@@ -138,6 +138,12 @@ def extract(
     return result
 
 
+def given_poolings(layers: Sequence[Layer], poolings: Sequence[str]) -> list[str]:
+    """The poolings that at least one of ``layers`` can give (a study sweeping ``cls`` over
+    ViTs and ConvNets asks each source only for what it has)."""
+    return [p for p in poolings if any(pooling_applies(layer, p) for layer in layers)]
+
+
 def usable_pairs(source: Source, layers: Sequence[Layer], poolings: Sequence[str]) -> list[tuple[Layer, str]]:
     """The (layer, pooling) pairs the layers can give (the pooling registry decides). A pairing
     that no requested layer can give is an error naming the layer and the pooling (``cls`` on

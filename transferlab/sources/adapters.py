@@ -4,9 +4,10 @@ forward_head and an ordered list of representation layers (bottom to top).
 The top representation is what ``forward_features`` returns (named ``features``), pooled
 as the model's own head pools it (``head_pooling``: ``cls`` for class-token transformers,
 ``avg`` for ConvNets and Swin), so ``-1`` equals timm's ``forward_head(..., pre_logits=True)``.
-When no parameter-free pooling reproduces that vector (a norm after the pooling as in
-BEiT/EVA/"gap" ViTs, an attention pool, MobileNetV3's conv head), the vector itself becomes
-the top layer ``pre_logits``. Transformers' token layers are described by ``TokenFormat``.
+When no parameter-free pooling of a transformer's tokens reproduces that vector (a norm
+after the pooling as in BEiT/EVA/"gap" ViTs, an attention pool, DeiT's distillation average),
+the vector itself becomes the top layer ``pre_logits``. (ConvNets keep their last map as -1
+even where the head does more, as MobileNetV3's conv head after the pooling.) Transformers' token layers are described by ``TokenFormat``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,13 @@ import torch
 from torch import nn
 
 from transferlab.errors import TransferlabError
-from transferlab.sources.base import FEATURES_OUTPUT, PRE_LOGITS, TokenFormat, describe_output, head_pool
+from transferlab.sources.base import (
+    FEATURES_OUTPUT,
+    PRE_LOGITS,
+    TokenFormat,
+    describe_output,
+    head_pool,
+)
 
 
 @dataclass
@@ -44,7 +51,8 @@ def timm_adapter(model: nn.Module, input_size: int | None = None) -> Adapter:
     if last is not None and last.shape == top.shape and torch.equal(last, top):
         names = names[:-1]  # the last stage *is* the forward_features output
     probe = _Described(model, tokens, layout)
-    head_pooling, needs_vector = _head_pooling(top, pre, describe_output(FEATURES_OUTPUT, tuple(top.shape), size, probe))
+    head_pooling, matched, needs_vector = _head_pooling(
+        top, pre, describe_output(FEATURES_OUTPUT, tuple(top.shape), size, probe))
     names = names + [FEATURES_OUTPUT] + ([PRE_LOGITS] if needs_vector else [])
     return Adapter(
         layer_names=names,
@@ -55,7 +63,9 @@ def timm_adapter(model: nn.Module, input_size: int | None = None) -> Adapter:
         map_layout=layout,
         head_pooling=head_pooling,
         pre_logits=(lambda m, f: m.forward_head(f, pre_logits=True)) if pre is not None else None,
-        classifier=(lambda m, v: m.get_classifier()(v)) if pre is not None and hasattr(model, "get_classifier") else None,
+        # logits straight from the pooled top vector, where that vector is the head's own
+        classifier=(lambda m, v: m.get_classifier()(v))
+        if (matched or needs_vector) and hasattr(model, "get_classifier") else None,
     )
 
 
@@ -108,19 +118,22 @@ def _dry_forward(model: nn.Module, last_name: str | None, size: int):
     return captured.get("last"), top, pre
 
 
-def _head_pooling(top: torch.Tensor, pre: torch.Tensor | None, layer) -> tuple[str, bool]:
-    """Which parameter-free pooling of ``top`` the head applies (checked numerically on the
-    dry forward); (``avg``, True) when none does and the pre-logits vector is a layer of its own."""
+def _head_pooling(top: torch.Tensor, pre: torch.Tensor | None, layer) -> tuple[str, bool, bool]:
+    """(pooling, matched, needs_vector): which parameter-free pooling of ``top`` the head
+    applies, checked numerically on the dry forward; when none does, a transformer's
+    pre-logits vector becomes a layer of its own (needs_vector)."""
     if pre is None or pre.dim() != 2:
-        return ("cls" if layer.kind == "tokens" and layer.class_token else "avg"), False
+        return ("cls" if layer.kind == "tokens" and layer.class_token else "avg"), False, False
     candidates = {"vector": ["avg"], "map": ["avg", "max"], "tokens": ["avg", "max"]}[layer.kind]
     if layer.kind == "tokens" and layer.class_token:
         candidates = ["cls", *candidates]
     for name in candidates:
         pooled = head_pool(top.float(), layer, name)
         if pooled.shape == pre.shape and torch.allclose(pooled, pre.float(), rtol=1e-4, atol=1e-5):
-            return name, False
-    return "avg", True
+            return name, True, False
+    # transformers only: a ConvNet's -1 stays its last map (MobileNetV3's conv head after the
+    # pooling is not a representation layer of the paper's kind)
+    return "avg", False, layer.kind == "tokens"
 
 
 def _timm_stage_names(model: nn.Module) -> list[str]:

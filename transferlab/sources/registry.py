@@ -20,13 +20,13 @@ from torch import nn
 from transferlab.errors import TransferlabError
 from transferlab.sources.adapters import Adapter, timm_adapter, torchvision_adapter
 from transferlab.sources.base import Source
-from transferlab.sources.checkpoints import convert_timm_checkpoint
 from transferlab.sources.builtin import (
     BUILTIN_SOURCES,
     builtin_weights_path,
     efficientnet_pytorch_to_timm,
     imagenet_class_names,
 )
+from transferlab.sources.checkpoints import convert_timm_checkpoint
 from transferlab.sources.preprocessing import Preprocessing
 from transferlab.sources.weights import file_sha256, fit_state_dict, load_state_dict_file
 

@@ -157,6 +157,7 @@ class Execution(_Strict):
     on_bad_image: Literal["error", "skip"] = "error"
     jpeg_draft: bool = False  # reduced-scale JPEG decoding (features.images.read_image)
     compile: bool = False  # torch.compile the forward pass (features.extract.CompiledForward)
+    resolution: int | None = Field(default=None, ge=16)  # input px instead of each source's native size
 
 
 class StudyConfig(_Strict):
