@@ -39,6 +39,8 @@ class Adapter:
     head_pooling: str = "avg"
     pre_logits: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None
     classifier: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None
+    shapes: dict[str, tuple[int, ...]] | None = None  # every layer's output shape at shapes_size px
+    shapes_size: int = 0
 
 
 # ---------------------------------------------------------------------------- timm
@@ -47,13 +49,18 @@ def timm_adapter(model: nn.Module, input_size: int | None = None) -> Adapter:
     tokens = _token_format(model)
     layout = "NHWC" if str(getattr(model, "output_fmt", "NCHW")) == "NHWC" else "NCHW"
     size = input_size or int(getattr(model, "pretrained_cfg", {}).get("input_size", (3, 224, 224))[-1])
-    last, top, pre = _dry_forward(model, names[-1] if names else None, size)
+    outputs, top, pre = _dry_forward(model, names, size)
+    last = outputs.get(names[-1]) if names else None
     if last is not None and last.shape == top.shape and torch.equal(last, top):
         names = names[:-1]  # the last stage *is* the forward_features output
     probe = _Described(model, tokens, layout)
     head_pooling, matched, needs_vector = _head_pooling(
         top, pre, describe_output(FEATURES_OUTPUT, tuple(top.shape), size, probe))
     names = names + [FEATURES_OUTPUT] + ([PRE_LOGITS] if needs_vector else [])
+    shapes = {name: tuple(out.shape) for name, out in outputs.items()}
+    shapes[FEATURES_OUTPUT] = tuple(top.shape)
+    if needs_vector:
+        shapes[PRE_LOGITS] = tuple(pre.shape)
     return Adapter(
         layer_names=names,
         forward_features=lambda m, x: m.forward_features(x),
@@ -66,6 +73,8 @@ def timm_adapter(model: nn.Module, input_size: int | None = None) -> Adapter:
         # logits straight from the pooled top vector, where that vector is the head's own
         classifier=(lambda m, v: m.get_classifier()(v))
         if (matched or needs_vector) and hasattr(model, "get_classifier") else None,
+        shapes=shapes if all(name in shapes for name in names) else None,
+        shapes_size=size,
     )
 
 
@@ -92,14 +101,12 @@ def _token_format(model: nn.Module) -> TokenFormat | None:
     return TokenFormat(int(prefix), bool(has_class), patch_size)
 
 
-def _dry_forward(model: nn.Module, last_name: str | None, size: int):
-    """One forward of a seeded random image: the last stage's output, the features output
-    and the head's pre-logits vector (None when ``forward_head`` has no ``pre_logits``)."""
+def _dry_forward(model: nn.Module, names: list[str], size: int):
+    """One forward of a seeded random image: every named module's output, the features
+    output and the head's pre-logits vector (None when ``forward_head`` has no ``pre_logits``)."""
     captured: dict[str, torch.Tensor] = {}
-    handle = None
-    if last_name is not None:
-        handle = model.get_submodule(last_name).register_forward_hook(
-            lambda _m, _i, out: captured.__setitem__("last", out))
+    handles = [model.get_submodule(name).register_forward_hook(
+        lambda _m, _i, out, name=name: captured.__setitem__(name, out)) for name in names]
     was_training = model.training
     model.eval()
     generator = torch.Generator().manual_seed(0)
@@ -112,10 +119,10 @@ def _dry_forward(model: nn.Module, last_name: str | None, size: int):
             except TypeError:
                 pre = None
     finally:
-        if handle is not None:
+        for handle in handles:
             handle.remove()
         model.train(was_training)
-    return captured.get("last"), top, pre
+    return captured, top, pre
 
 
 def _head_pooling(top: torch.Tensor, pre: torch.Tensor | None, layer) -> tuple[str, bool, bool]:

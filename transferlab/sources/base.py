@@ -232,6 +232,12 @@ def probe_layers(source: Source, keep_all: bool = False) -> list[Layer]:
         for handle in handles:
             handle.remove()
         model.train(was_training)
+    return layers_from_shapes(source, shapes, size, keep_all)
+
+
+def layers_from_shapes(source: Source, shapes: dict[str, tuple[int, ...]], size: int,
+                       keep_all: bool = False) -> list[Layer]:
+    """Layers from the output shapes of one dry forward at ``size`` px (bottom to top)."""
     count = len(source.layer_names)
     layers = [describe_output(name, shapes[name], size, source).at_index(position - count)
               for position, name in enumerate(source.layer_names)]

@@ -19,7 +19,7 @@ from torch import nn
 
 from transferlab.errors import TransferlabError
 from transferlab.sources.adapters import Adapter, timm_adapter, torchvision_adapter
-from transferlab.sources.base import Source
+from transferlab.sources.base import Source, layers_from_shapes
 from transferlab.sources.builtin import (
     BUILTIN_SOURCES,
     builtin_weights_path,
@@ -146,6 +146,8 @@ def _load_arch(spec: str, weights: str | None, name: str | None = None, resoluti
         fit_state_dict(model, state, path, allow_missing_head=True, head_keys=adapter.head_prefixes)
         weights_id = f"{path.name}:{file_sha256(path)[:16]}"
     preprocessing = _default_preprocessing(family, model)
+    if resolution is not None:
+        preprocessing = dataclasses.replace(preprocessing, input_size=resolution)
     source = _make_source(name or spec, spec, model, adapter, preprocessing, weights_id=weights_id)
     return at_resolution(source, resolution)
 
@@ -237,7 +239,7 @@ def _make_source(name: str, arch: str, model: nn.Module, adapter: Adapter, prepr
     if not num_classes:
         last = [m for m in model.modules() if isinstance(m, nn.Linear)]
         num_classes = last[-1].out_features if last else 0
-    return Source(
+    source = Source(
         name=name,
         model=model,
         preprocessing=preprocessing,
@@ -254,6 +256,10 @@ def _make_source(name: str, arch: str, model: nn.Module, adapter: Adapter, prepr
         pre_logits=adapter.pre_logits,
         classifier=adapter.classifier,
     )
+    if adapter.shapes is not None and adapter.shapes_size == preprocessing.input_size:
+        # the adapter's dry forward already measured every layer: no second one
+        source._layers = layers_from_shapes(source, adapter.shapes, preprocessing.input_size)
+    return source
 
 
 def list_builtin_sources() -> list[dict]:
