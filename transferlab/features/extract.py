@@ -149,6 +149,8 @@ def usable_pairs(source: Source, layers: Sequence[Layer], poolings: Sequence[str
     that no requested layer can give is an error naming the layer and the pooling (``cls`` on
     Swin); one that only some layers give is skipped for the others (``grid2`` on fc7 beside
     pool5), as the manifest's dims show."""
+    if not layers or not poolings:
+        raise TransferlabError(f"nothing to extract from {source.name}: give at least one layer and one pooling")
     for p in poolings:
         if not any(pooling_applies(layer, p) for layer in layers):
             check_pooling(layers[0], p, source.name)

@@ -167,6 +167,8 @@ class Pooling:
             return ""
         if layer.kind in self.kinds:
             return f"its model has no class token (its head pools {'patch tokens' if layer.kind == 'tokens' else 'the map'})"
+        if layer.kind == "vector":
+            return "it is a vector (vector layers take only avg/max)"
         kinds = {"map": "a feature map", "tokens": "a token sequence", "vector": "a vector"}
         need = " or ".join(kinds[k] for k in LAYER_KINDS if k in self.kinds)
         return f"it is {kinds.get(layer.kind, layer.kind)}; {self.name} needs {need}"
@@ -306,8 +308,7 @@ def pool(x: torch.Tensor, name: str, windows: list | None = None) -> torch.Tenso
     return pool_layer(x, layer, name, windows)
 
 
-def pooled_shape(channels: int, spatial: bool | str, name: str, n_windows: int | None = None,
-                 class_token: bool = True) -> tuple[int, ...]:
+def pooled_shape(channels: int, spatial: bool | str, name: str, n_windows: int | None = None) -> tuple[int, ...]:
     """Shape of one image's pooled vector, known before any forward pass. ``spatial`` is the
     layer kind (``map``/``tokens``/``vector``; True/False mean map/vector)."""
     entry = get_pooling(name)

@@ -252,6 +252,9 @@ def describe_output(name: str, shape: tuple[int, ...], size: int, source: Source
     if len(shape) == 3:
         fmt = source.tokens or TokenFormat()
         grid = _token_grid(shape[1] - fmt.prefix_tokens, size, fmt.patch_size)
+        if grid is None and fmt.prefix_tokens and _token_grid(shape[1], size, fmt.patch_size):
+            fmt = TokenFormat(0, False, fmt.patch_size)  # before the prefix tokens join (patch_embed)
+            grid = _token_grid(shape[1], size, fmt.patch_size)
         if grid is None:
             raise TransferlabError(
                 f"layer {name} of {source.name} outputs shape {shape}: {shape[1]} tokens with "
