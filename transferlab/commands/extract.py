@@ -64,9 +64,12 @@ def run(args: argparse.Namespace) -> int:
     from transferlab.data.generic import load_dataset
     from transferlab.data.tasks import load_task
     from transferlab.features.export import export_features, extract_task
+    from transferlab.features.pooling import validate_pooling
     from transferlab.features.store import FeatureStore
     from transferlab.sources import load_source
 
+    for pooling in parse_csv_list(args.pool):  # a bad name fails before any data or model loads
+        validate_pooling(pooling)
     options = {"quick": True} if args.quick else {}
     task = load_task(args.data, args.root, **options) if args.root else load_dataset(args.data, **options)
     source = load_source(args.source, args.weights, resolution=args.resolution)

@@ -34,15 +34,18 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
 
 def add_setting_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layer", default="-1", help="layer index from the top (-1, -2, ...) or module name [-1]")
-    p.add_argument("--pool", default="avg", help="pooling [avg]")
+    p.add_argument("--pool", default="avg", help="pooling: avg, max, gem, gridK, rmac; token layers also cls, "
+                   "cls+avg [avg]")
     p.add_argument("--norm", default="l2", choices=["none", "l2", "power", "l2+power"], help="normalisation [l2]")
     p.add_argument("--pca", type=int, default=0, help="PCA dims, 0 = none [0]")
     p.add_argument("--views", default="orig", choices=["orig", "orig+flip"], help="flip augmentation [orig]")
 
 
 def setting_from(args: argparse.Namespace, qe: int = 0):
+    from transferlab.features.pooling import validate_pooling
     from transferlab.study.plan import Setting
 
+    validate_pooling(args.pool)  # grid0, unknown names: one line before anything loads
     layer: int | str = int(args.layer) if args.layer.lstrip("-").isdigit() else args.layer
     return Setting(layer=layer, pooling=args.pool, normalisation=args.norm, pca=args.pca,
                    views=args.views, qe=qe)

@@ -57,6 +57,10 @@ def run(args: argparse.Namespace) -> int:
     sources, layers, poolings = parse_csv_list(args.sources), _layers(args.layers), parse_csv_list(args.pool)
     if not sources or not layers or not poolings:
         raise TransferlabError("--sources, --layers and --pool each need at least one value")
+    from transferlab.features.pooling import validate_pooling
+
+    for pooling in poolings:
+        validate_pooling(pooling)
     spec = get_task(args.task)
     task = load_task(args.task, args.root, **({"quick": True} if args.quick else {}))
     store = FeatureStore(args.cache) if args.cache else FeatureStore()

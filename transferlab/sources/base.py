@@ -194,6 +194,7 @@ class Source:
             "weights": self.weights_id,
             "num_classes": self.num_classes,
             "preprocessing": self.preprocessing.to_dict(),
+            "head_pooling": self.head_pooling,  # how the model's own head pools layer -1
             "layers": [layer.to_dict() for layer in self.layers],
         }
 
