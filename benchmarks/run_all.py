@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).parent
-BENCHMARKS = ["decode", "extract", "probe", "retrieval", "select", "study"]
+BENCHMARKS = ["decode", "extract", "tokens", "probe", "retrieval", "select", "study"]
 
 
 def main() -> int:

@@ -17,7 +17,8 @@ Protocol of each number (also in docs/analysis.md):
   *validation* score (``report.tables.select_row``), never the test score; ties (same
   validation score) are all kept; a hypothesis then uses the mean of the tied values.
 - *depth of the best layer*: ``-layer`` for layers given from the top (``-1`` -> 1 = last).
-- *pooling fineness*: avg, max, gem, grid1 -> 1; grid2 -> 2; grid3 -> 3; rmac and windows
+- *pooling fineness* (the pooling registry, ``features.pooling``): avg, max, gem, grid1, cls,
+  cls+avg -> 1; gridK -> K; rmac and windows
   (multi-region: R-MAC's 3 scales, spatial search's sub-windows) -> 3.
 - *fine-tuning gain*: per task, the best row with ``finetune = on`` against the row with the
   same configuration and ``finetune = off``: err(off) - err(on), err = the report's error
@@ -60,11 +61,6 @@ from transferlab.report.tables import (
 MIN_TASKS = 3
 N_BOOTSTRAP = 2000
 SIGNIFICANCE = 0.05
-
-POOLING_FINENESS: dict[str, int] = {
-    "avg": 1, "max": 1, "gem": 1, "grid1": 1, "grid2": 2, "grid3": 3, "rmac": 3, "windows": 3,
-}  # fmt: skip
-"""Spatial fineness of a pooling: the side of its finest grid (multi-region poolings count as 3)."""
 
 SCORES: dict[str, str] = {"logme": "LogME", "knn1": "1-NN accuracy (leave-one-out)"}
 """Transferability scores stored in a probe row's ``extra``, with their display names."""
@@ -345,7 +341,11 @@ def _layer_depth(value: Any) -> float | None:
 
 
 def _pooling_fineness(value: Any) -> float | None:
-    fineness = POOLING_FINENESS.get(str(value))
+    """Spatial fineness of a pooling, from the pooling registry (the side of its finest grid;
+    multi-region poolings count as 3, cls and cls+avg as 1)."""
+    from transferlab.features.pooling import pooling_fineness
+
+    fineness = pooling_fineness(str(value))
     return float(fineness) if fineness is not None else None
 
 

@@ -146,7 +146,7 @@ def agreement(scores: Sequence[float], values: Sequence[float]) -> dict[str, Any
 
 def extract_sources(
     task: TaskData, sources: Sequence[str], layers: Sequence[int | str], poolings: Sequence[str], *,
-    weights: str | None = None, store=None, device: str = "auto", batch_size: int = 32,
+    weights: str | None = None, resolution: int | None = None, store=None, device: str = "auto", batch_size: int = 32,
     num_workers: int | None = None, on_bad_image: str = "error", progress: bool = False,
     jpeg_draft: bool = False, compile_model: bool = False,
 ) -> tuple[dict[str, TaskFeatures], int, list[str]]:
@@ -158,7 +158,7 @@ def extract_sources(
     out: dict[str, TaskFeatures] = {}
     forwarded, notes = 0, []
     for spec in sources:
-        source = load_source(spec, weights)
+        source = load_source(spec, weights, resolution=resolution)
         usable = []
         for layer in layers:
             try:
@@ -171,7 +171,17 @@ def extract_sources(
             raise TransferlabError(
                 f"source {spec} has none of the layers {', '.join(map(str, layers))} "
                 f"(it has {', '.join(str(layer.index) for layer in source.layers)})")
-        features = extract_task(source, task, usable, poolings, ["orig"], store=store, device=device,
+        from transferlab.features.pooling import pooling_applies
+
+        resolved = source.resolve_layers(usable)
+        given = [p for p in poolings if any(pooling_applies(layer, p) for layer in resolved)]
+        for p in poolings:
+            if p not in given:
+                notes.append(f"source {spec}: none of its layers gives pooling {p}: skipped for it")
+        if not given:
+            raise TransferlabError(f"source {spec}: none of its layers {', '.join(map(str, usable))} gives any "
+                                   f"of the poolings {', '.join(poolings)}")
+        features = extract_task(source, task, usable, given, ["orig"], store=store, device=device,
                                 batch_size=batch_size, num_workers=num_workers, on_bad_image=on_bad_image,
                                 progress=progress, jpeg_draft=jpeg_draft,
                                 compile_model=compile_model)
@@ -186,9 +196,10 @@ def candidates_of(features: dict[str, TaskFeatures], poolings: Sequence[str]) ->
     for source, feats in features.items():
         pairs = feats.pairs()
         for layer in feats.layers:
-            skipped = [p for p in poolings if (layer, p) not in pairs]
+            skipped = [p for p in feats.poolings if (layer, p) not in pairs]
             if skipped:
-                notes.append(f"{source} layer {layer.name} is a vector: pooling {', '.join(skipped)} skipped")
+                notes.append(f"{source} layer {layer.name} ({layer.kind}) cannot give pooling "
+                             f"{', '.join(skipped)}: skipped")
         for layer, pooling in pairs:
             label: int | str = layer.index if layer.index < 0 else layer.name
             out.append(Candidate(source, label, layer.name, pooling))

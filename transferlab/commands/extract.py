@@ -21,7 +21,8 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
                    "train/val/test), ROOT/<split>.csv, ROOT/<class>/<image> or a flat folder of photos")
     p.add_argument("--root", help="for a benchmark task given to --data: the folder it was extracted to")
     p.add_argument("--layers", default="-1", help="comma list: -1 (top), -2, ... or module names [-1]")
-    p.add_argument("--pool", default="avg", help="comma list of avg,max,gem,grid1,grid2,grid3,rmac,windows [avg]")
+    p.add_argument("--pool", default="avg", help="comma list of avg,max,gem,gridK (grid1,grid2,...),rmac,windows; "
+                   "token layers (ViTs) also cls,cls+avg [avg]")
     p.add_argument("--views", default="orig", help="comma list of orig,flip [orig]")
     p.add_argument("--splits", help="comma list of splits to extract [all]")
     p.add_argument("--out", help="export folder: <split>/<layer>__<pool>[__<view>].npy, items.csv, manifest.json")
@@ -37,6 +38,7 @@ def add_source_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
+    add_resolution_argument(p)
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda [auto]")
     p.add_argument("--workers", type=non_negative_int, help="decoding worker processes; 0 decodes each batch on threads "
@@ -53,16 +55,25 @@ def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
                         "faster on the CPU [auto: on the CPU from ~6,700 images x views; --no-compile: never]")
 
 
+def add_resolution_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resolution", type=int, metavar="R",
+                   help="feed R px images instead of the source's native size (short side to R / crop_pct, "
+                        "centre crop); timm transformers interpolate their position embeddings [native]")
+
+
 def run(args: argparse.Namespace) -> int:
     from transferlab.data.generic import load_dataset
     from transferlab.data.tasks import load_task
     from transferlab.features.export import export_features, extract_task
+    from transferlab.features.pooling import validate_pooling
     from transferlab.features.store import FeatureStore
     from transferlab.sources import load_source
 
+    for pooling in parse_csv_list(args.pool):  # a bad name fails before any data or model loads
+        validate_pooling(pooling)
     options = {"quick": True} if args.quick else {}
     task = load_task(args.data, args.root, **options) if args.root else load_dataset(args.data, any_layout=True, **options)
-    source = load_source(args.source, args.weights)
+    source = load_source(args.source, args.weights, resolution=args.resolution)
     store = FeatureStore(args.cache) if args.cache else FeatureStore()
     extracted = extract_task(
         source, task, layers=parse_csv_list(args.layers), poolings=parse_csv_list(args.pool),

@@ -45,6 +45,9 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
     p.add_argument("--weight-decay", type=non_negative_float, help="[1e-4 sgd, 0.01 adamw]")
     p.add_argument("--patience", type=non_negative_int, default=3, help="early stopping: epochs without validation gain; 0 = off [3]")
     p.add_argument("--input-size", type=positive_int, help="train and evaluate at this input size instead of the source's")
+    p.add_argument("--resolution", type=positive_int, metavar="R",
+                   help="load the source at R px (timm transformers with dynamic_img_size; the fine-tuned "
+                        "source keeps it) [native]")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="built-in tasks: the small quick version")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda [auto]")
@@ -97,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
 
     blocks = parse_blocks(args.blocks)
     tasks = load_tasks(args.task, args.root, args.quick)
-    source = load_source(args.source, args.weights)
+    source = load_source(args.source, args.weights, resolution=args.resolution)
     result = finetune(
         source, tasks, args.out, blocks=blocks, epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay, head_lr_scale=args.head_lr_scale,

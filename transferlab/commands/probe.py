@@ -34,15 +34,18 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
 
 def add_setting_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layer", default="-1", help="layer index from the top (-1, -2, ...) or module name [-1]")
-    p.add_argument("--pool", default="avg", help="pooling [avg]")
+    p.add_argument("--pool", default="avg", help="pooling: avg, max, gem, gridK, rmac; token layers also cls, "
+                   "cls+avg [avg]")
     p.add_argument("--norm", default="l2", choices=["none", "l2", "power", "l2+power"], help="normalisation [l2]")
     p.add_argument("--pca", type=non_negative_int, default=0, help="PCA dims, 0 = none [0]")
     p.add_argument("--views", default="orig", choices=["orig", "orig+flip"], help="flip augmentation [orig]")
 
 
 def setting_from(args: argparse.Namespace, qe: int = 0):
+    from transferlab.features.pooling import validate_pooling
     from transferlab.study.plan import Setting
 
+    validate_pooling(args.pool)  # grid0, unknown names: one line before anything loads
     layer: int | str = int(args.layer) if args.layer.lstrip("-").isdigit() else args.layer
     return Setting(layer=layer, pooling=args.pool, normalisation=args.norm, pca=args.pca,
                    views=args.views, qe=qe)
@@ -55,11 +58,11 @@ COMPANION_POOLINGS = ("avg", "max", "gem", "grid2")
 
 
 def _with_companions(source, layer, pooling: str) -> list[str]:
+    from transferlab.features.pooling import check_pooling, poolings_for
+
     resolved = source.resolve_layers([layer])[0]
-    if not resolved.spatial and pooling not in ("avg", "max"):
-        return [pooling]  # let extraction say this pooling needs a spatial layer
-    companions = COMPANION_POOLINGS if resolved.spatial else ("avg", "max")
-    return [pooling] + [p for p in companions if p != pooling]
+    check_pooling(resolved, pooling, source.name)  # one line naming the layer and the pooling
+    return [pooling] + [p for p in poolings_for(resolved, COMPANION_POOLINGS) if p != pooling]
 
 
 def task_and_features(args: argparse.Namespace, layer, pooling: str, views: list[str]):
@@ -80,7 +83,8 @@ def task_and_features(args: argparse.Namespace, layer, pooling: str, views: list
     members = concat_members(args.source) or [args.source]
     parts = []
     for spec in members:
-        source = load_source(spec, args.weights if len(members) == 1 else None)
+        source = load_source(spec, args.weights if len(members) == 1 else None,
+                             resolution=getattr(args, "resolution", None))
         parts.append(extract_task(source, task, [layer], _with_companions(source, layer, pooling), views,
                                   store=store, device=args.device,
                                   batch_size=args.batch_size, num_workers=args.workers,

@@ -57,12 +57,16 @@ def run(args: argparse.Namespace) -> int:
     sources, layers, poolings = parse_csv_list(args.sources), _layers(args.layers), parse_csv_list(args.pool)
     if not sources or not layers or not poolings:
         raise TransferlabError("--sources, --layers and --pool each need at least one value")
+    from transferlab.features.pooling import validate_pooling
+
+    for pooling in poolings:
+        validate_pooling(pooling)
     spec = get_task(args.task)
     task = load_task(args.task, args.root, **({"quick": True} if args.quick else {}))
     store = FeatureStore(args.cache) if args.cache else FeatureStore()
     result = select(
         task, spec.metric, sources, layers, poolings, score=args.score, confirm=args.confirm, full=args.full,
-        probe=ProbeConfig(Cs=Cs), weights=args.weights, store=store, device=args.device,
+        probe=ProbeConfig(Cs=Cs), weights=args.weights, resolution=args.resolution, store=store, device=args.device,
         batch_size=args.batch_size, num_workers=args.workers, on_bad_image=args.on_bad_image,
         progress=not args.no_progress, jpeg_draft=args.jpeg_draft, compile_model=args.compile,
     )

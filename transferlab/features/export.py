@@ -17,7 +17,7 @@ from transferlab.atomic import atomic_save_npy, atomic_write_text
 from transferlab.data.base import TaskData, image_splits, label_text
 from transferlab.errors import TransferlabError
 from transferlab.features.extract import SplitFeatures, extract
-from transferlab.features.pooling import pooled_shape
+from transferlab.features.pooling import layer_pooled_shape, pooling_applies
 from transferlab.features.store import FeatureStore
 from transferlab.sources.base import Layer, Source
 
@@ -32,7 +32,7 @@ class TaskFeatures:
     splits: dict[str, SplitFeatures] = field(default_factory=dict)
 
     def pairs(self) -> list[tuple[Layer, str]]:
-        return [(layer, p) for layer in self.layers for p in self.poolings if layer.spatial or p in ("avg", "max")]
+        return [(layer, p) for layer in self.layers for p in self.poolings if pooling_applies(layer, p)]
 
     def manifest(self, source: Source, task: TaskData) -> dict:
         skipped = {
@@ -53,7 +53,7 @@ class TaskFeatures:
             "layers": [layer.to_dict() for layer in self.layers],
             "poolings": self.poolings,
             "views": self.views,
-            "dims": {f"{layer.name}__{p}": list(pooled_shape(layer.channels, layer.spatial, p)) for layer, p in self.pairs()},
+            "dims": {f"{layer.name}__{p}": list(layer_pooled_shape(layer, p)) for layer, p in self.pairs()},
             "splits": {name: int(len(feats.kept)) for name, feats in self.splits.items()},
             "skipped": skipped,
         }

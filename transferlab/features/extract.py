@@ -23,9 +23,17 @@ from transferlab.device import resolve_device  # noqa: F401  (re-exported for ca
 from transferlab.errors import BadImageError, TransferlabError
 from transferlab.features.fold import FOLD_RECIPE
 from transferlab.features.images import ImageListDataset, extraction_workers, image_batches
-from transferlab.features.pooling import default_windows, pool, pooled_shape, validate_pooling
+from transferlab.features.pooling import (
+    as_grid,
+    check_pooling,
+    default_windows,
+    layer_pooled_shape,
+    pool_grid,
+    pooling_applies,
+    validate_pooling,
+)
 from transferlab.features.store import FeatureStore, GroupKey, dataset_fingerprint, output_name
-from transferlab.sources.base import FEATURES_OUTPUT, Layer, Source, named_module
+from transferlab.sources.base import FEATURES_OUTPUT, PRE_LOGITS, Layer, Source, named_module
 from transferlab.sources.preprocessing import PIXEL_RECIPE
 
 VIEWS = ("orig", "flip")
@@ -109,9 +117,7 @@ def extract(
     if batch_size < 1:
         raise TransferlabError(f"batch size must be >= 1, got {batch_size}")
     windows = default_windows()
-    wanted = [(layer, p) for layer in layers for p in poolings if _pool_applies(layer, p)]
-    if not wanted:
-        raise TransferlabError("no (layer, pooling) pair applies: vector layers take only avg/max")
+    wanted = usable_pairs(source, layers, poolings)
     outputs = [output_name(layer.name, p) for layer, p in wanted]
     keys = group_keys(source, split.paths, split.boxes, views, jpeg_draft, fold_bn)
     # forward only the views with something missing: another view's shards stay as they are
@@ -139,8 +145,23 @@ def extract(
     return result
 
 
-def _pool_applies(layer: Layer, pooling: str) -> bool:
-    return layer.spatial or pooling in ("avg", "max")
+def given_poolings(layers: Sequence[Layer], poolings: Sequence[str]) -> list[str]:
+    """The poolings that at least one of ``layers`` can give (a study sweeping ``cls`` over
+    ViTs and ConvNets asks each source only for what it has)."""
+    return [p for p in poolings if any(pooling_applies(layer, p) for layer in layers)]
+
+
+def usable_pairs(source: Source, layers: Sequence[Layer], poolings: Sequence[str]) -> list[tuple[Layer, str]]:
+    """The (layer, pooling) pairs the layers can give (the pooling registry decides). A pairing
+    that no requested layer can give is an error naming the layer and the pooling (``cls`` on
+    Swin); one that only some layers give is skipped for the others (``grid2`` on fc7 beside
+    pool5), as the manifest's dims show."""
+    if not layers or not poolings:
+        raise TransferlabError(f"nothing to extract from {source.name}: give at least one layer and one pooling")
+    for p in poolings:
+        if not any(pooling_applies(layer, p) for layer in layers):
+            check_pooling(layers[0], p, source.name)
+    return [(layer, p) for layer in layers for p in poolings if pooling_applies(layer, p)]
 
 
 def decode_hint(decode_seconds: float, seconds: float, jpeg_draft: bool) -> str | None:
@@ -174,10 +195,7 @@ def _run(source, split, wanted, windows, views, keys, store, todo, device, batch
         store.write_meta(key, {"source": source.name, "arch": source.arch, "split": split.name,
                                "n_images": len(split), "first_path": split.paths[0]})
 
-    by_layer: dict[str, list[str]] = {}
-    for layer, p in wanted:
-        by_layer.setdefault(layer.name, []).append(p)
-    pooled = PooledForward(source, model, by_layer, windows)
+    pooled = PooledForward(source, model, layer_poolings(wanted), windows)
     if compile_model is None:
         compile_model = compile_pays(len(indices) * len(views), source, dev)
     if compile_model:
@@ -243,36 +261,56 @@ def _timed(iterable, waited: list[float]):
         yield item
 
 
+def layer_poolings(wanted: Sequence[tuple[Layer, str]]) -> dict[str, tuple[Layer, list[str]]]:
+    """Group (layer, pooling) pairs by layer name: name -> (layer, its poolings)."""
+    out: dict[str, tuple[Layer, list[str]]] = {}
+    for layer, p in wanted:
+        out.setdefault(layer.name, (layer, []))[1].append(p)
+    return out
+
+
 class PooledForward:
     """One forward pass returning every requested (layer, pooling) vector.
 
     Hooks pool each layer's activation as soon as it is produced, so no full feature map
-    outlives its layer. ``by_layer`` maps a layer name to its poolings."""
+    outlives its layer. ``by_layer`` maps a layer name to (its Layer, its poolings), or, as
+    before, to just its poolings for ConvNet maps and vectors. Token layers are laid back on
+    their patch grid (a view) once per layer, prefix tokens aside; channels-last maps are
+    permuted (a view)."""
 
-    def __init__(self, source: Source, model: torch.nn.Module, by_layer: dict[str, list[str]], windows: list):
+    def __init__(self, source: Source, model: torch.nn.Module, by_layer: dict, windows: list):
         self.source = source
         self.model = model
-        self.by_layer = by_layer
+        self.by_layer: dict[str, tuple[Layer | None, list[str]]] = {
+            name: (value if isinstance(value, tuple) else (None, list(value))) for name, value in by_layer.items()}
         self.windows = windows
         self.captured: dict[str, torch.Tensor] = {}
         self.handles = [
             named_module(model, name).register_forward_hook(self._hook(name))
-            for name in by_layer if name != FEATURES_OUTPUT
+            for name in self.by_layer if name not in (FEATURES_OUTPUT, PRE_LOGITS)
         ]
 
     def _hook(self, name: str):
         def hook(_module, _inputs, output):
-            activation = output.float()  # once per layer (a copy under bf16 autocast)
-            for p in self.by_layer[name]:
-                self.captured[output_name(name, p)] = pool(activation, p, self.windows)
+            self._pool(name, output)
         return hook
+
+    def _pool(self, name: str, output: torch.Tensor) -> None:
+        layer, poolings = self.by_layer[name]
+        activation = output.float()  # once per layer (a copy under bf16 autocast)
+        if layer is None:  # a bare map or vector: its kind follows from its shape
+            layer = _plain_layer(name, activation)
+        grid, prefix = as_grid(activation, layer)
+        for p in poolings:
+            self.captured[output_name(name, p)] = pool_grid(grid, prefix, layer, p, self.windows)
 
     def __call__(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         self.captured = {}
         top = self.source.forward_features(self.model, batch)
-        top = top.float()
-        for p in self.by_layer.get(FEATURES_OUTPUT, ()):
-            self.captured[output_name(FEATURES_OUTPUT, p)] = pool(top, p, self.windows)
+        if FEATURES_OUTPUT in self.by_layer:
+            self._pool(FEATURES_OUTPUT, top)
+        if PRE_LOGITS in self.by_layer:
+            self._pool(PRE_LOGITS, self.source.pre_logits(self.model, top))
         return self.captured
 
     def close(self) -> None:
@@ -309,6 +347,14 @@ class CompiledForward:
         return {name: value[:n] for name, value in outputs.items()}
 
 
+def _plain_layer(name: str, x: torch.Tensor) -> Layer:
+    if x.dim() == 4:
+        return Layer(name, int(x.shape[1]), 1, grid=(int(x.shape[2]), int(x.shape[3])))
+    if x.dim() == 2:
+        return Layer(name, int(x.shape[1]), None)
+    raise TransferlabError(f"cannot pool a layer output of shape {tuple(x.shape)}")
+
+
 def _flush(store, keys, shard, buf, outputs, wanted, windows, bad) -> None:
     for view, key in keys.items():
         arrays = {}
@@ -317,7 +363,7 @@ def _flush(store, keys, shard, buf, outputs, wanted, windows, bad) -> None:
             if out not in outputs:
                 continue
             rows = buf.get(f"{view}\0{out}", [])
-            shape = pooled_shape(layer.channels, layer.spatial, p, len(windows))
+            shape = layer_pooled_shape(layer, p, len(windows))
             arrays[out] = np.concatenate(rows).astype(np.float32, copy=False) if rows else np.zeros((0, *shape), np.float32)
         store.write_shard(key, shard, arrays, bad)
 

@@ -1,24 +1,37 @@
-"""Tiny functional pooling layers (cnnimageretrieval-pytorch style), computed on the device.
+"""Poolings: one registry (``POOLING_REGISTRY``) and tiny functional layers computed on the device.
 
-Each takes a feature map ``x`` of shape (B, C, H, W) and returns (B, D), except
-``windows`` which returns one descriptor per sub-window, (B, R, C), for spatial search.
-Vector layers (B, C) (AlexNet/VGG fc6/fc7) accept only ``avg``/``max``, which are the
-identity there.
+Every pooling is registered once with its function, its output size, the layer kinds it
+applies to and its spatial fineness; the rest of the code asks the registry (``get_pooling``,
+``pooling_applies``, ``pooled_shape``) instead of repeating which layer takes which pooling.
+
+Layer kinds (``LAYER_KINDS``):
+- ``map``: a ConvNet feature map, (B, C, H, W), or channels-last (B, H, W, C) as Swin's;
+- ``tokens``: a transformer's token sequence (B, T, C): ``prefix_tokens`` leading tokens (the
+  class token first, then register/distillation tokens) followed by the H x W patch tokens
+  row-major. Patch tokens are laid back on their grid, so every map pooling applies to them,
+  and prefix tokens never enter avg/max/gem/grids;
+- ``vector``: a fully connected output (B, C): ``avg``/``max`` are the identity there.
+
+The map functions take (B, C, H, W) and return (B, D), except ``windows`` which returns one
+descriptor per sub-window, (B, R, C), for spatial search.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import lru_cache
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 
 from transferlab.errors import TransferlabError
 
-POOLINGS = ("avg", "max", "gem", "grid1", "grid2", "grid3", "rmac", "windows")
-_GRID = re.compile(r"^grid(\d)$")
+LAYER_KINDS = ("map", "tokens", "vector")
+_GRID = re.compile(r"^grid(\d+)$")
 
 
 def avg_pool(x: torch.Tensor) -> torch.Tensor:
@@ -112,46 +125,203 @@ def default_windows() -> list[tuple[float, float, float, float]]:
     return out
 
 
+# ------------------------------------------------------------------------------ registry
+class LayerLike(Protocol):
+    """What pooling needs to know about a layer (``sources.base.Layer`` has all of it)."""
+
+    name: str
+    channels: int
+    kind: str
+    layout: str
+    grid: tuple[int, int] | None
+    prefix_tokens: int
+    class_token: bool
+
+
+GridFn = Callable[..., torch.Tensor]  # (grid (B,C,H,W), prefix (B,P,C) | None, windows) -> (B, D)
+
+
+@dataclass(frozen=True)
+class Pooling:
+    """One pooling: its function, which layer kinds can give it, output size and fineness.
+
+    ``fineness`` is the side of its finest grid (global poolings 1, multi-region ones 3); the
+    analysis correlates it with task distance. ``needs_class_token``: only token layers whose
+    model has a class token can give it."""
+
+    name: str
+    function: GridFn
+    kinds: frozenset[str]
+    fineness: int
+    description: str
+    needs_class_token: bool = False
+    width: int = 1  # output size in units of channels (grid K: K*K; cls+avg: 2)
+    per_window: bool = False  # (R, C) per image instead of one vector
+
+    def applies(self, layer: LayerLike) -> bool:
+        return layer.kind in self.kinds and (not self.needs_class_token or bool(layer.class_token))
+
+    def why_not(self, layer: LayerLike) -> str:
+        """The reason ``layer`` cannot give this pooling (empty when it can)."""
+        if self.applies(layer):
+            return ""
+        if layer.kind in self.kinds:
+            return f"its model has no class token (its head pools {'patch tokens' if layer.kind == 'tokens' else 'the map'})"
+        if layer.kind == "vector":
+            return "it is a vector (vector layers take only avg/max)"
+        kinds = {"map": "a feature map", "tokens": "a token sequence", "vector": "a vector"}
+        need = " or ".join(kinds[k] for k in LAYER_KINDS if k in self.kinds)
+        return f"it is {kinds.get(layer.kind, layer.kind)}; {self.name} needs {need}"
+
+
+def _cls(grid, prefix, windows):
+    return prefix[:, 0]
+
+
+def _cls_avg(grid, prefix, windows):
+    return torch.cat([prefix[:, 0], avg_pool(grid)], dim=1)
+
+
+_SPATIAL = frozenset({"map", "tokens"})
+_ALL = frozenset(LAYER_KINDS)
+_TOKENS = frozenset({"tokens"})
+
+POOLING_REGISTRY: dict[str, Pooling] = {p.name: p for p in [
+    Pooling("avg", lambda g, p, w: avg_pool(g), _ALL, 1, "global average (patch tokens only; identity on vectors)"),
+    Pooling("max", lambda g, p, w: max_pool(g), _ALL, 1, "global max (patch tokens only; identity on vectors)"),
+    Pooling("gem", lambda g, p, w: gem_pool(g), _SPATIAL, 1, "generalised mean, p = 3"),
+    Pooling("grid1", lambda g, p, w: grid_pool(g, 1), _SPATIAL, 1, "1x1 max cell (= max)"),
+    Pooling("grid2", lambda g, p, w: grid_pool(g, 2), _SPATIAL, 2, "2x2 max cells, row-major", width=4),
+    Pooling("grid3", lambda g, p, w: grid_pool(g, 3), _SPATIAL, 3, "3x3 max cells, row-major", width=9),
+    Pooling("rmac", lambda g, p, w: rmac_pool(g), _SPATIAL, 3, "R-MAC regions at 3 scales, summed"),
+    Pooling("windows", lambda g, p, w: windows_pool(g, w), _SPATIAL, 3,
+            "one max-pooled descriptor per spatial-search window (retrieval)", per_window=True),
+    Pooling("cls", _cls, _TOKENS, 1, "the class token", needs_class_token=True),
+    Pooling("cls+avg", _cls_avg, _TOKENS, 1, "class token and patch-token average concatenated "
+            "(DINOv2's linear protocol)", needs_class_token=True, width=2),
+]}
+POOLINGS = tuple(POOLING_REGISTRY)
+"""The named poolings; ``gridK`` for any K >= 1 is accepted too."""
+
+
+def get_pooling(name: str) -> Pooling:
+    """The registry entry for ``name`` (``gridK`` for any K >= 1); one-line error otherwise."""
+    entry = POOLING_REGISTRY.get(name)
+    if entry is not None:
+        return entry
+    match = _GRID.match(str(name))
+    if match:
+        k = int(match.group(1))
+        if k < 1:
+            raise TransferlabError(f"pooling {name!r}: a grid needs at least one cell per side (grid1, grid2, ...)")
+        return Pooling(name, lambda g, p, w, k=k: grid_pool(g, k), _SPATIAL, k, f"{k}x{k} max cells, row-major",
+                       width=k * k)
+    raise TransferlabError(f"unknown pooling {name!r}; choose from {', '.join(POOLINGS)} (or gridK, K >= 1)")
+
+
 def validate_pooling(name: str) -> str:
-    if name in POOLINGS or _GRID.match(name):
-        return name
-    raise TransferlabError(f"unknown pooling {name!r}; choose from {', '.join(POOLINGS)}")
+    get_pooling(name)
+    return name
+
+
+def pooling_fineness(name: str) -> int | None:
+    """Spatial fineness of a pooling (None for an unknown name)."""
+    try:
+        return get_pooling(name).fineness
+    except TransferlabError:
+        return None
+
+
+def pooling_applies(layer: LayerLike, name: str) -> bool:
+    return get_pooling(name).applies(layer)
+
+
+def check_pooling(layer: LayerLike, name: str, source: str = "") -> None:
+    """Raise the one-line error naming the layer and the pooling when ``layer`` cannot give it."""
+    entry = get_pooling(name)
+    if not entry.applies(layer):
+        of = f" of {source}" if source else ""
+        raise TransferlabError(f"layer {layer.name}{of} cannot give pooling {name!r}: {entry.why_not(layer)}")
+
+
+def poolings_for(layer: LayerLike, names: tuple[str, ...] | list[str] | None = None) -> list[str]:
+    """The poolings of ``names`` (default: every registered one) that ``layer`` can give."""
+    return [n for n in (names if names is not None else POOLINGS) if get_pooling(n).applies(layer)]
+
+
+def as_grid(x: torch.Tensor, layer: LayerLike) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A hooked output as (B, C, H, W) (a view: nothing is copied) plus its prefix tokens
+    (B, P, C) for token layers; vectors come back as they are."""
+    if layer.kind == "vector":
+        return x, None
+    if layer.kind == "tokens":
+        if layer.grid is None:
+            raise TransferlabError(f"token layer {layer.name} has no patch grid")
+        h, w = layer.grid
+        p = layer.prefix_tokens
+        if x.dim() != 3 or x.shape[1] != p + h * w:
+            raise TransferlabError(f"layer {layer.name}: expected (B, {p}+{h}x{w}, C) tokens, got {tuple(x.shape)}")
+        patches = x[:, p:].reshape(x.shape[0], h, w, x.shape[2]).permute(0, 3, 1, 2)
+        return patches, (x[:, :p] if p else None)
+    if layer.layout == "NHWC":
+        return x.permute(0, 3, 1, 2), None
+    return x, None
+
+
+def pool_layer(x: torch.Tensor, layer: LayerLike, name: str, windows: list | None = None) -> torch.Tensor:
+    """Apply the named pooling to a hooked output of ``layer`` (any kind)."""
+    grid, prefix = as_grid(x, layer)
+    return pool_grid(grid, prefix, layer, name, windows)
+
+
+def pool_grid(grid: torch.Tensor, prefix: torch.Tensor | None, layer: LayerLike, name: str,
+              windows: list | None = None) -> torch.Tensor:
+    """``pool_layer`` on an output already laid out by ``as_grid`` (done once per layer)."""
+    entry = get_pooling(name)
+    check_pooling(layer, name)
+    if layer.kind == "vector":
+        return grid  # avg/max of a vector is the vector
+    return entry.function(grid, prefix, windows if windows is not None else default_windows())
+
+
+class _MapLayer:
+    """Layer metadata inferred from a bare tensor (maps (B, C, H, W) and vectors (B, C))."""
+
+    def __init__(self, x: torch.Tensor):
+        if x.dim() not in (2, 4):
+            raise TransferlabError(f"cannot pool a layer output of shape {tuple(x.shape)}")
+        self.name = "layer"
+        self.channels = int(x.shape[1])
+        self.kind = "map" if x.dim() == 4 else "vector"
+        self.layout = "NCHW" if x.dim() == 4 else "NC"
+        self.grid = tuple(x.shape[2:]) if x.dim() == 4 else None
+        self.prefix_tokens = 0
+        self.class_token = False
 
 
 def pool(x: torch.Tensor, name: str, windows: list | None = None) -> torch.Tensor:
-    """Apply the named pooling to a hooked layer output."""
-    if x.dim() == 2:
-        if name in ("avg", "max"):
-            return x
+    """Apply the named pooling to a (B, C, H, W) map or a (B, C) vector."""
+    get_pooling(name)
+    layer = _MapLayer(x)
+    if not get_pooling(name).applies(layer):
         raise TransferlabError(f"pooling {name!r} needs a spatial layer; this layer is a vector (use avg)")
-    if x.dim() != 4:
-        raise TransferlabError(f"cannot pool a layer output of shape {tuple(x.shape)}")
-    if name == "avg":
-        return avg_pool(x)
-    if name == "max":
-        return max_pool(x)
-    if name == "gem":
-        return gem_pool(x)
-    if name == "rmac":
-        return rmac_pool(x)
-    if name == "windows":
-        return windows_pool(x, windows if windows is not None else default_windows())
-    match = _GRID.match(name)
-    if match:
-        return grid_pool(x, int(match.group(1)))
-    raise TransferlabError(f"unknown pooling {name!r}; choose from {', '.join(POOLINGS)}")
+    return pool_layer(x, layer, name, windows)
 
 
-def pooled_shape(channels: int, spatial: bool, name: str, n_windows: int | None = None) -> tuple[int, ...]:
-    """Shape of one image's pooled vector, known before any forward pass."""
-    validate_pooling(name)
-    if not spatial:
-        if name not in ("avg", "max"):
+def pooled_shape(channels: int, spatial: bool | str, name: str, n_windows: int | None = None) -> tuple[int, ...]:
+    """Shape of one image's pooled vector, known before any forward pass. ``spatial`` is the
+    layer kind (``map``/``tokens``/``vector``; True/False mean map/vector)."""
+    entry = get_pooling(name)
+    kind = spatial if isinstance(spatial, str) else ("map" if spatial else "vector")
+    if kind not in entry.kinds:
+        if kind == "vector":
             raise TransferlabError(f"pooling {name!r} needs a spatial layer; this layer is a vector (use avg)")
-        return (channels,)
-    if name == "windows":
+        raise TransferlabError(f"pooling {name!r} does not apply to a {kind} layer")
+    if entry.per_window:
         return (n_windows or len(default_windows()), channels)
-    match = _GRID.match(name)
-    if match:
-        return (channels * int(match.group(1)) ** 2,)
-    return (channels,)
+    return (channels * entry.width,)
+
+
+def layer_pooled_shape(layer: LayerLike, name: str, n_windows: int | None = None) -> tuple[int, ...]:
+    check_pooling(layer, name)
+    return pooled_shape(layer.channels, layer.kind, name, n_windows)

@@ -1,8 +1,9 @@
 """Fine-tuning a source on one or several target tasks; the result is itself a source.
 
 Protocol (what every number in the result means):
-- Each task gets a new linear head on the pooled top representation (global average of the
-  ``forward_features`` map; vector tops are used as they are), standardised per dimension
+- Each task gets a new linear head on the pooled top representation (pooled as the source's
+  own head pools it: global average of a ConvNet map, the class token of a ViT, timm's
+  pre-logits vector where its head does more; vector tops as they are), standardised per dimension
   with the mean and standard deviation of up to 512 training images under the starting
   network. The standardisation stays fixed, so it is only a reparametrisation of the linear
   head (folded into it when saved) that lets one learning rate serve networks whose feature
@@ -402,9 +403,8 @@ class _Runner:
 
     def _features(self, images: torch.Tensor) -> torch.Tensor:
         images = images.to(self.dev, non_blocking=True)
-        with self._autocast():
-            top = self.source.forward_features(self.model, images)
-        return pool_top(top)
+        with self._autocast():  # the top layer pooled as the model's head pools it (cls for ViTs)
+            return self.source.head_vector(self.model, images).float()
 
     def train_epoch(self, dataset: TaskImages, opt: torch.optim.Optimizer, state: _State, epoch: int,
                     epochs: int, total_steps: int, seed: int, ckpt_path: Path) -> tuple[float, float | None]:

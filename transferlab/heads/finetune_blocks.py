@@ -7,6 +7,11 @@ later than layer ``i`` (the bottom block also holds the stem). "Top K blocks" th
 everything computed after the output of layer ``-(K+1)``. For a timm ResNet (layers act1,
 layer1, layer2, layer3, features) K=1 trains ``layer4``; for an EfficientNet K=1 trains
 ``conv_head``/``bn2``, K=2 adds ``blocks.6``; for VGG/AlexNet K=1 trains fc7, K=2 fc6+fc7.
+For a ViT (layers blocks.0 ... blocks.11, features) K=1 trains the final norm, K=2 adds
+``blocks.11``; the top layer ``pre_logits`` (a norm or attention pool after the pooling, as in
+BEiT/EVA/"gap" ViTs) is a block of its own. Parameters of the model itself rather than of a
+submodule (a ViT's class/register tokens and position embedding) are used at the bottom and
+belong to the bottom block, so they train with the whole network.
 The assignment comes from the order in which modules finish during one dry forward pass, so
 it needs no per-architecture table. Parameters that ``forward_features`` never uses (the
 source-task classifier) are never trained.
@@ -21,7 +26,7 @@ import torch
 from torch import nn
 
 from transferlab.errors import TransferlabError
-from transferlab.sources.base import FEATURES_OUTPUT, Source
+from transferlab.sources.base import FEATURES_OUTPUT, PRE_LOGITS, Source
 
 
 @dataclass
@@ -64,16 +69,21 @@ def module_blocks(source: Source) -> dict[str, int]:
     model.eval()
     try:
         with torch.no_grad():
-            source.forward_features(model, torch.zeros(1, 3, size, size, device=device))
+            top = source.forward_features(model, torch.zeros(1, 3, size, size, device=device))
+            end = next(counter)
+            if layers[-1].name == PRE_LOGITS and source.pre_logits is not None:
+                source.pre_logits(model, top)  # its modules (fc_norm, attn_pool) finish after `end`
     finally:
         for handle in handles:
             handle.remove()
         model.train(was_training)
-    end = next(counter)
+    after = next(counter)
     bounds = []
     for layer in layers:
         if layer.name == FEATURES_OUTPUT:
             bounds.append(end)
+        elif layer.name == PRE_LOGITS:
+            bounds.append(after)
         elif layer.name in finished:
             bounds.append(finished[layer.name])
         else:
@@ -98,6 +108,8 @@ def plan_blocks(source: Source, blocks: int | None) -> BlockPlan:
     first = 0 if blocks is None else len(layers) - blocks
     trainable_modules = {name for name, block in owner.items() if block >= first}
     trainable = []
+    if first == 0:  # the model's own parameters (cls_token, pos_embed) feed the bottom block
+        trainable.extend(name for name, _ in source.model.named_parameters(recurse=False))
     for module_name, module in source.model.named_modules():
         if module_name not in trainable_modules:
             continue

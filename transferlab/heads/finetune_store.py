@@ -29,7 +29,7 @@ from transferlab.atomic import (
     stale_temporaries,
 )
 from transferlab.errors import AnnotationError, TransferlabError
-from transferlab.sources.base import FEATURES_OUTPUT, Source, named_module
+from transferlab.sources.base import DERIVED_OUTPUTS, Source, named_module
 from transferlab.sources.preprocessing import Preprocessing
 
 CHECKPOINT = "checkpoint.pt"
@@ -206,7 +206,7 @@ def load_finetuned(arg: str, weights: str | None = None) -> Source:
         source = replace(base, name=name, preprocessing=preprocessing, weights_id=weights_id, _layers=None)
     layer_names = [str(n) for n in meta["layer_names"]]
     for layer in layer_names:
-        if layer != FEATURES_OUTPUT:
+        if layer not in DERIVED_OUTPUTS:  # features / pre_logits are computed, not hooked
             named_module(source.model, layer)
     source.layer_names = layer_names
     source._layers = None

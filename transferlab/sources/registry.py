@@ -2,7 +2,8 @@
 
 Spec forms:
   ``efficientnet_lite0`` ...        built-in, real ImageNet weights (see sources.builtin)
-  ``timm:ARCH``                     any timm ConvNet; ``weights`` = file or ``none``
+  ``timm:ARCH``                     any timm ConvNet or vision transformer; ``weights`` =
+                                    file or ``none``
   ``torchvision:ARCH``              any supported torchvision ConvNet; same weights rule
   ``PREFIX:ARG``                    kinds registered by other modules with
                                     ``register_source_kind`` (``finetuned:``, ``trained:``)
@@ -10,6 +11,7 @@ Spec forms:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,13 +19,14 @@ from torch import nn
 
 from transferlab.errors import TransferlabError
 from transferlab.sources.adapters import Adapter, timm_adapter, torchvision_adapter
-from transferlab.sources.base import Source
+from transferlab.sources.base import Source, layers_from_shapes
 from transferlab.sources.builtin import (
     BUILTIN_SOURCES,
     builtin_weights_path,
     efficientnet_pytorch_to_timm,
     imagenet_class_names,
 )
+from transferlab.sources.checkpoints import convert_timm_checkpoint
 from transferlab.sources.preprocessing import Preprocessing
 from transferlab.sources.weights import file_sha256, fit_state_dict, load_state_dict_file
 
@@ -53,21 +56,58 @@ def source_kinds() -> dict[str, str]:
     return {prefix: description for prefix, (_, description) in _KINDS.items()}
 
 
-def load_source(spec: str, weights: str | None = None) -> Source:
-    """Build the model for ``spec`` on the CPU in eval mode, weights loaded and verified."""
+def load_source(spec: str, weights: str | None = None, resolution: int | None = None) -> Source:
+    """Build the model for ``spec`` on the CPU in eval mode, weights loaded and verified.
+
+    ``resolution``: feed it ``resolution`` px images instead of its native input size (the
+    short side resized to ``resolution / crop_pct``, centre crop); timm transformers are built
+    with ``dynamic_img_size`` so their position embeddings are interpolated to the grid."""
     spec = spec.strip()
+    if resolution is not None:
+        resolution = check_resolution(resolution)
     if spec in BUILTIN_SOURCES:
         if weights not in (None, "", "builtin"):
-            return _load_arch(BUILTIN_SOURCES[spec].arch, weights, name=spec)
-        return _load_builtin(spec)
+            return _load_arch(BUILTIN_SOURCES[spec].arch, weights, name=spec, resolution=resolution)
+        return at_resolution(_load_builtin(spec), resolution)
     prefix, sep, arg = spec.partition(":")
     if sep and prefix in ("timm", "torchvision"):
-        return _load_arch(spec, weights)
+        return _load_arch(spec, weights, resolution=resolution)
     _load_kind_modules()
     if prefix in _KINDS:
-        return _KINDS[prefix][0](arg, weights)
+        return at_resolution(_KINDS[prefix][0](arg, weights), resolution)
     known = sorted(BUILTIN_SOURCES) + ["timm:ARCH", "torchvision:ARCH"] + [f"{k}:..." for k in _KINDS]
     raise TransferlabError(f"unknown source {spec!r}; known: {', '.join(known)}")
+
+
+MIN_RESOLUTION = 16
+
+
+def check_resolution(resolution: int | str) -> int:
+    try:
+        value = int(resolution)
+    except (TypeError, ValueError):
+        raise TransferlabError(f"resolution must be a whole number of pixels, got {resolution!r}") from None
+    if value < MIN_RESOLUTION:
+        raise TransferlabError(f"resolution must be at least {MIN_RESOLUTION} px, got {value}")
+    return value
+
+
+def at_resolution(source: Source, resolution: int | None) -> Source:
+    """``source`` fed ``resolution`` px inputs (same crop ratio); checked by one dry forward,
+    so a model that cannot run at that size says so now, not mid-extraction."""
+    if resolution is None or resolution == source.preprocessing.input_size:
+        return source
+    moved = dataclasses.replace(source, preprocessing=dataclasses.replace(source.preprocessing, input_size=resolution),
+                                _layers=None)
+    try:
+        moved.layers  # noqa: B018  (one dry forward at the new size)
+    except TransferlabError:
+        raise
+    except Exception as exc:
+        raise TransferlabError(
+            f"source {source.name} cannot run at {resolution} px: {(str(exc).strip().splitlines() or [type(exc).__name__])[0]}"
+        ) from None
+    return moved
 
 
 def _load_builtin(name: str) -> Source:
@@ -83,28 +123,33 @@ def _load_builtin(name: str) -> Source:
                         weights_id=f"{path.name}:{file_sha256(path)[:16]}", imagenet=True)
 
 
-def _load_arch(spec: str, weights: str | None, name: str | None = None) -> Source:
+def _load_arch(spec: str, weights: str | None, name: str | None = None, resolution: int | None = None) -> Source:
     family, _, arch = spec.partition(":")
     if not arch:
         raise TransferlabError(f"source {spec!r} needs an architecture name after '{family}:'")
     if weights is None or weights == "":
         raise TransferlabError(
-            f"source {spec} needs --weights FILE (.safetensors/.pth/.pth.tar) or --weights none for random init"
+            f"source {spec} needs --weights FILE (.safetensors/.pth/.bin/.pth.tar) or --weights none for random init"
         )
-    model, adapter = _build(family, arch)
-    preprocessing = _default_preprocessing(family, model)
     if weights.lower() == "none":
         import torch
 
         torch.manual_seed(0)  # random init is reproducible, so its features can be cached
-        model, adapter = _build(family, arch)
+        model, adapter = _build(family, arch, input_size=resolution)
         weights_id = "random-init:seed0"
     else:
         path = Path(weights)
         state = load_state_dict_file(path)
+        model, adapter = _build(family, arch, input_size=resolution)
+        if family == "timm":
+            state = convert_timm_checkpoint(model, state, path)
         fit_state_dict(model, state, path, allow_missing_head=True, head_keys=adapter.head_prefixes)
         weights_id = f"{path.name}:{file_sha256(path)[:16]}"
-    return _make_source(name or spec, spec, model, adapter, preprocessing, weights_id=weights_id)
+    preprocessing = _default_preprocessing(family, model)
+    if resolution is not None:
+        preprocessing = dataclasses.replace(preprocessing, input_size=resolution)
+    source = _make_source(name or spec, spec, model, adapter, preprocessing, weights_id=weights_id)
+    return at_resolution(source, resolution)
 
 
 def source_from_arch(arch: str, state: dict | None, *, name: str, preprocessing: Preprocessing,
@@ -113,21 +158,41 @@ def source_from_arch(arch: str, state: dict | None, *, name: str, preprocessing:
     ``num_classes`` and load ``state`` strictly. For sources saved by transferlab itself
     (fine-tuned checkpoints) that carry their own preprocessing."""
     family, _, model_name = arch.partition(":")
-    model, adapter = _build(family, model_name, num_classes)
+    model, adapter = _build(family, model_name, num_classes, input_size=preprocessing.input_size)
     if state is not None:
         fit_state_dict(model, state, path)
     return _make_source(name, arch, model, adapter, preprocessing, weights_id=weights_id)
 
 
-def _build(family: str, arch: str, num_classes: int | None = None) -> tuple[nn.Module, Adapter]:
+def _build(family: str, arch: str, num_classes: int | None = None,
+           input_size: int | None = None) -> tuple[nn.Module, Adapter]:
+    """The architecture with random weights. For timm, an ``input_size`` other than the
+    native one builds it with ``dynamic_img_size`` (position embeddings interpolated to the
+    patch grid of each input) when the model takes that option."""
     if family == "timm":
         import timm
 
         if not timm.is_model(arch):
             raise TransferlabError(f"timm has no architecture {arch!r} (see timm.list_models())")
         kwargs = {} if num_classes is None else {"num_classes": num_classes}
-        model = timm.create_model(arch, pretrained=False, **kwargs)
-        return model.eval(), timm_adapter(model)
+        native = _timm_native_size(arch)
+        model = None
+        if input_size is not None and input_size != native:
+            try:
+                model = timm.create_model(arch, pretrained=False, dynamic_img_size=True, **kwargs)
+            except TypeError:  # a ConvNet: any input size works as it is
+                model = None
+        if model is None:
+            model = timm.create_model(arch, pretrained=False, **kwargs)
+        try:
+            return model.eval(), timm_adapter(model, input_size)
+        except TransferlabError:
+            raise
+        except Exception as exc:
+            if input_size is None:
+                raise
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise TransferlabError(f"timm:{arch} cannot run at {input_size} px: {first}") from None
     if family == "torchvision":
         import torchvision
 
@@ -138,6 +203,18 @@ def _build(family: str, arch: str, num_classes: int | None = None) -> tuple[nn.M
             raise TransferlabError(f"torchvision has no architecture {arch!r}") from None
         return model.eval(), torchvision_adapter(arch, model)
     raise TransferlabError(f"unknown model family {family!r}")
+
+
+def _timm_native_size(arch: str) -> int:
+    """The input size of timm's default pretrained config (offline: configs ship with timm)."""
+    import timm
+
+    try:
+        cfg = timm.get_pretrained_cfg(arch)
+    except Exception:  # an architecture without a registered config
+        cfg = None
+    size = getattr(cfg, "input_size", None) or (3, 224, 224)
+    return int(size[-1])
 
 
 def _default_preprocessing(family: str, model: nn.Module) -> Preprocessing:
@@ -162,7 +239,7 @@ def _make_source(name: str, arch: str, model: nn.Module, adapter: Adapter, prepr
     if not num_classes:
         last = [m for m in model.modules() if isinstance(m, nn.Linear)]
         num_classes = last[-1].out_features if last else 0
-    return Source(
+    source = Source(
         name=name,
         model=model,
         preprocessing=preprocessing,
@@ -173,7 +250,16 @@ def _make_source(name: str, arch: str, model: nn.Module, adapter: Adapter, prepr
         arch=arch,
         num_classes=num_classes,
         class_names=imagenet_class_names() if imagenet and num_classes == 1000 else None,
+        tokens=adapter.tokens,
+        map_layout=adapter.map_layout,
+        head_pooling=adapter.head_pooling,
+        pre_logits=adapter.pre_logits,
+        classifier=adapter.classifier,
     )
+    if adapter.shapes is not None and adapter.shapes_size == preprocessing.input_size:
+        # the adapter's dry forward already measured every layer: no second one
+        source._layers = layers_from_shapes(source, adapter.shapes, preprocessing.input_size)
+    return source
 
 
 def list_builtin_sources() -> list[dict]:

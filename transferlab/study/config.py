@@ -169,6 +169,7 @@ class Execution(_Strict):
     jpeg_draft: bool = False  # reduced-scale JPEG decoding (features.images.read_image)
     compile: bool = False  # torch.compile the forward pass (features.extract.CompiledForward)
     repeats: int = Field(default=1, ge=1, le=50)  # seeded splits of tasks without one fixed split
+    resolution: int | None = Field(default=None, ge=16)  # input px instead of each source's native size
 
 
 class StudyConfig(_Strict):

@@ -250,7 +250,8 @@ def make_plan(config: StudyConfig, check_layers: bool = True) -> Plan:
         problems.append(f"retrieval.whiten_on: {config.retrieval.whiten_on} must also be listed under tasks")
 
     sources = {}
-    usable: dict[str, dict[str, bool]] = {}  # source -> layer spec -> spatial?
+    usable: dict[str, dict[str, frozenset[str]]] = {}  # source -> layer spec -> poolings it gives
+    unpoolable: dict[str, list[str]] = {}  # pooling -> why each source's layers cannot give it
     learning: dict[str, dict[str, Any]] = {}
     untrained = [t for t in config.train if not is_trained(t)]
     trained = trained_entries(config)
@@ -259,21 +260,27 @@ def make_plan(config: StudyConfig, check_layers: bool = True) -> Plan:
         if train_entry in untrained:
             sources[entry.name] = entry
             source_ids[entry.name] = f"{entry.spec} (to be trained)"
-            usable[entry.name] = {str(layer): True for layer in config.factors.layers}
+            usable[entry.name] = {str(layer): frozenset(config.factors.pooling) for layer in config.factors.layers}
     for entry in [*config.sources, *(e for e, _, t in trained if t not in untrained)]:
         if entry.name in sources:
             problems.append(f"sources: {entry.name} is listed twice")
             continue
         sources[entry.name] = entry
-        found, source_problems, weights_ids = _check_source(entry, config, check_layers)
-        source_ids[entry.name] = json.dumps([entry.spec, entry.weights, weights_ids])
+        found, source_problems, why_not, weights_ids = _check_source(entry, config, check_layers)
+        source_ids[entry.name] = json.dumps([entry.spec, entry.weights, weights_ids, config.execution.resolution])
         problems.extend(source_problems)
         usable[entry.name] = found
+        for p, reason in why_not.items():
+            unpoolable.setdefault(p, []).append(reason)
+            notes.append(f"source {entry.name}: {reason}: those settings are skipped for it")
         missing = [str(layer) for layer in config.factors.layers if str(layer) not in found]
         if check_layers and found and missing and len(missing) < len(config.factors.layers):
             notes.append(f"source {entry.name} has no layer {', '.join(missing)}: those settings are skipped for it")
 
     if check_layers and usable:
+        for p in config.factors.pooling:  # a pooling no source can give is a mistake, not a sweep
+            if p in unpoolable and not any(p in given for found in usable.values() for given in found.values()):
+                problems.append(f"factors.pooling: {'; '.join(dict.fromkeys(unpoolable[p]))}")
         for layer in config.factors.layers:
             if usable and all(str(layer) not in found for found in usable.values() if found):
                 problems.append(f"factors.layers: layer {layer} exists in none of the sources")
@@ -292,9 +299,9 @@ def make_plan(config: StudyConfig, check_layers: bool = True) -> Plan:
             for setting, is_standard in settings:
                 if setting.pooling == "windows" and not retrieval:
                     continue
-                spatial = usable[source_name].get(str(setting.layer))
-                if check_layers and (spatial is None or (not spatial and setting.pooling not in ("avg", "max"))):
-                    continue  # layer absent from this source, or a vector layer with spatial pooling
+                given = usable[source_name].get(str(setting.layer))
+                if check_layers and (given is None or setting.pooling not in given):
+                    continue  # layer absent from this source, or a pooling it cannot give (grid2 on fc7)
                 splits = range(config.execution.repeats) if repeatable(spec) else range(1)
                 for split in splits:
                     jobs.append(plan.make_job(source_name, task_name, setting, split=split,
@@ -316,33 +323,45 @@ def make_plan(config: StudyConfig, check_layers: bool = True) -> Plan:
 
 
 def _check_source(entry: SourceEntry, config: StudyConfig,
-                  check_layers: bool) -> tuple[dict[str, bool], list[str], list[str]]:
-    """Load each (member) source once; return {layer spec: spatial?} usable by every member."""
+                  check_layers: bool) -> tuple[dict[str, frozenset[str]], list[str], dict[str, str], list[str]]:
+    """Load each (member) source once; return {layer spec: the config's poolings it gives}
+    usable by every member, problems, for each pooling none of its layers gives why (naming
+    the layer and the pooling: ``cls`` on Swin's maps), and the members' weights ids."""
+    from transferlab.features.pooling import check_pooling, poolings_for
     from transferlab.sources import load_source
 
     members = concat_members(entry.spec)
     specs = members if members else [entry.spec]
     problems: list[str] = []
-    found: dict[str, bool] | None = None
+    why_not: dict[str, str] = {}
+    found: dict[str, frozenset[str]] | None = None
     weights_ids: list[str] = []
     for spec in specs:
         try:
-            source = load_source(spec, entry.weights)
+            source = load_source(spec, entry.weights, resolution=config.execution.resolution)
         except TransferlabError as exc:
             problems.append(f"sources.{entry.name}: {exc}")
             continue
         weights_ids.append(str(source.weights_id))
         if not check_layers:
             continue
-        layers: dict[str, bool] = {}
+        layers: dict[str, frozenset[str]] = {}
+        resolved_layers = []
         for layer in config.factors.layers:
             try:
                 (resolved,) = source.resolve_layers([layer])
             except TransferlabError:
                 continue
-            layers[str(layer)] = resolved.spatial
+            layers[str(layer)] = frozenset(poolings_for(resolved, config.factors.pooling))
+            resolved_layers.append(resolved)
+        for p in config.factors.pooling:
+            if resolved_layers and not any(p in given for given in layers.values()):
+                try:
+                    check_pooling(resolved_layers[0], p, spec)
+                except TransferlabError as exc:
+                    why_not.setdefault(p, str(exc))
         if not layers:
             problems.append(f"sources.{entry.name}: none of the layers {config.factors.layers} exists in {spec} "
                             f"(it has {', '.join(str(layer.index) for layer in source.layers)})")
-        found = layers if found is None else {k: v and layers[k] for k, v in found.items() if k in layers}
-    return found or {}, problems, weights_ids
+        found = layers if found is None else {k: v & layers[k] for k, v in found.items() if k in layers}
+    return found or {}, problems, why_not, weights_ids

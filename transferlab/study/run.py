@@ -16,6 +16,7 @@ import yaml
 from transferlab.data.base import TaskData
 from transferlab.errors import TransferlabError
 from transferlab.features.export import extract_task
+from transferlab.features.extract import given_poolings
 from transferlab.features.store import FeatureStore
 from transferlab.study.config import StudyConfig
 from transferlab.study.evaluation import (
@@ -51,9 +52,10 @@ def extract_pair(specs: list[tuple[str, str | None]], task: TaskData, layers: li
     store = FeatureStore(store_root) if store_root else FeatureStore()
     members, forwarded, distance = [], 0, None
     for spec, weights in specs:
-        source = load_source(spec, weights)
+        source = load_source(spec, weights, resolution=execution.get("resolution"))
         layer_specs = [layer for layer in layers if _layer_exists(source, layer)]
-        feats = extract_task(source, task, layer_specs, poolings, views, store=store,
+        given = given_poolings(source.resolve_layers(layer_specs), poolings)  # cls only where tokens have one
+        feats = extract_task(source, task, layer_specs, given, views, store=store,
                              device=execution["device"], batch_size=execution["batch_size"],
                              on_bad_image=execution["on_bad_image"], progress=execution.get("progress", True),
                              jpeg_draft=execution.get("jpeg_draft", False),
@@ -75,14 +77,14 @@ def source_prediction(source, feats) -> dict | None:
     from transferlab.analysis.distance import source_prediction_distance
 
     top = next((layer for layer in feats.layers if layer.index == -1), None)
-    if top is None or "avg" not in feats.poolings or source.forward_head is None or source.num_classes < 2:
+    pooling = source.head_pooling  # how the model's own head pools the top layer (cls for ViTs)
+    if top is None or pooling not in feats.poolings or source.forward_head is None or source.num_classes < 2:
         return None
     split = "test" if "test" in feats.splits else next(iter(feats.splits))
-    pooled = torch.from_numpy(np.array(feats.splits[split].get(top, "avg"), dtype=np.float32))
-    if top.spatial:
-        pooled = pooled[:, :, None, None]
+    pooled = torch.from_numpy(np.array(feats.splits[split].get(top, pooling), dtype=np.float32))
     with torch.inference_mode():
-        logits = source.forward_head(source.model.cpu(), pooled)
+        source.model.cpu()
+        logits = source.logits_from_vector(pooled)
     probs = torch.softmax(logits.float(), dim=1).numpy().astype(np.float64)
     result = source_prediction_distance(probs)
     return {"source": source.name, "split": split, **{k: float(v) for k, v in result.items()}}
@@ -315,7 +317,7 @@ def _finetuned_features(plan: Plan, pool, results: ResultStore, source_name: str
     out = results.run_dir / "finetuned" / f"{_slug(source_name)}__{task_name}"
     ft = plan.config.finetune
     if not (out / "source.json").exists():
-        source = load_source(entry.spec, entry.weights)
+        source = load_source(entry.spec, entry.weights, resolution=execution.get("resolution"))
         finetune(source, [plan.tasks[task_name]], out, blocks=ft.blocks, epochs=ft.epochs, lr=ft.lr,
                  optimizer=ft.optimizer, batch_size=ft.batch_size, input_size=ft.input_size,
                  device=execution["device"], seed=execution["seed"], progress=execution.get("progress", True))
