@@ -52,11 +52,11 @@ POST_LEARNING_FACTORS = (
     "layer", "layer_name", "pooling", "normalisation", "pca", "views", "finetune", "qe", "head", "loss", "sweep",
 )  # fmt: skip
 FACTOR_ORDER = LEARNING_FACTORS + POST_LEARNING_FACTORS
-PROVENANCE_KEYS = ("config_hash", "versions", "git_commit", "seed", "device", "created")
+PROVENANCE_KEYS = ("config_hash", "versions", "git_commit", "seed", "device", "created", "placement")
 
 _COLUMNS = (
     "job_key", "source", "task", "factors", "metric", "value", "metrics", "standard",
-    "seconds", "extra", "config_hash", "versions", "git_commit", "seed", "device", "created",
+    "seconds", "extra", "config_hash", "versions", "git_commit", "seed", "device", "created", "placement",
 )  # fmt: skip
 
 _SCHEMA = """
@@ -77,7 +77,8 @@ CREATE TABLE IF NOT EXISTS results (
     git_commit  TEXT,
     seed        INTEGER,
     device      TEXT,
-    created     REAL NOT NULL
+    created     REAL NOT NULL,
+    placement   TEXT
 );
 CREATE INDEX IF NOT EXISTS results_task ON results (task);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -122,6 +123,8 @@ class ResultRow:
     seconds: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     job_key: str = ""
+    # where it ran: {"extracted": [{node_id, hostname, device, shards}], "evaluated": {node_id, hostname}}
+    placement: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.job_key and isinstance(self.factors, dict):
@@ -133,7 +136,8 @@ class ResultRow:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ResultRow:
         """Back from a ``ResultStore.rows()`` dict (provenance fields are dropped)."""
-        names = ("source", "task", "factors", "metric", "value", "metrics", "standard", "seconds", "extra", "job_key")
+        names = ("source", "task", "factors", "metric", "value", "metrics", "standard", "seconds", "extra", "job_key",
+                 "placement")
         return cls(**{k: data[k] for k in names if k in data})
 
 
@@ -227,6 +231,8 @@ class ResultStore:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         cur.execute(statement)
+                if "placement" not in {r[1] for r in cur.execute("PRAGMA table_info(results)")}:
+                    cur.execute("ALTER TABLE results ADD COLUMN placement TEXT")  # stores made before it
                 found = cur.execute("SELECT version FROM schema_version").fetchall()
                 if not found:
                     cur.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
@@ -327,6 +333,7 @@ class ResultStore:
             encoded["seconds"], encoded["extra"], prov.get("config_hash"),
             dumps(prov["versions"]) if prov.get("versions") is not None else None,
             prov.get("git_commit"), int(seed) if seed is not None else None, prov.get("device"), created,
+            dumps(row.placement) if row.placement else None,
         )  # fmt: skip
 
     def rows(self, task: str | None = None) -> list[dict[str, Any]]:
@@ -342,6 +349,7 @@ class ResultStore:
             for name in ("factors", "metrics", "seconds", "extra"):
                 item[name] = json.loads(item[name])
             item["versions"] = json.loads(item["versions"]) if item["versions"] is not None else None
+            item["placement"] = json.loads(item["placement"]) if item["placement"] else {}
             item["value"] = float("nan") if item["value"] is None else float(item["value"])
             item["standard"] = bool(item["standard"])
             out.append(item)
