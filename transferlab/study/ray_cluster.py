@@ -29,6 +29,7 @@ def connect(address: str | None, num_cpus: int | None = None) -> bool:
                               "runtime_env": worker_environment()}
     if address:
         kwargs["address"] = address
+        _reachable(address)
         _token_auth_if_available()
     else:
         kwargs["include_dashboard"] = False
@@ -42,7 +43,40 @@ def connect(address: str | None, num_cpus: int | None = None) -> bool:
         if "auth" in text.lower() or "token" in text.lower():
             hint = " (a cluster started by `ray start` wants RAY_AUTH_MODE=token and its token in ~/.ray/auth_token)"
         raise TransferlabError(f"cannot start or reach Ray ({address or 'local'}): {text}{hint}") from None
+    _ray_messages_to_stderr()
     return True
+
+
+def _ray_messages_to_stderr() -> None:
+    """Ray prints cluster messages (e.g. "a worker died ...") on the driver's stdout, where
+    ``--json`` output goes; send them to stderr. (Ray internals: skipped if they move.)"""
+    try:
+        from ray._private import worker as ray_worker
+    except ImportError:
+        return
+    original = getattr(ray_worker, "print_to_stdstream", None)
+    if original is None or getattr(original, "_transferlab", False):
+        return
+
+    def to_stderr(data: dict, ignore_prefix: bool) -> None:
+        original({**data, "is_err": True}, ignore_prefix)
+
+    to_stderr._transferlab = True  # type: ignore[attr-defined]
+    ray_worker.print_to_stdstream = to_stderr
+
+
+def _reachable(address: str, timeout_s: float = 10.0) -> None:
+    """Fail fast on a HOST:PORT nobody listens on (``ray.init`` retries for minutes)."""
+    import socket
+
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return  # "auto" and the like: Ray resolves them
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise TransferlabError(f"cannot reach Ray at {address}: {exc.strerror or exc} "
+                               "(is the head node up? `ray start --head` prints its address)") from None
 
 
 def _token_auth_if_available() -> None:
@@ -95,7 +129,7 @@ def node_label(node_id: str | None, ip: str | None = None) -> str:
 
 
 def _probe_node(roots: list[str], token: str) -> dict[str, Any]:
-    """On one node: read the driver's probe file under each root, write this node's own."""
+    """On one node (a Ray task pinned to it): ``probe_roots`` with its node id."""
     import socket
 
     import ray
@@ -103,6 +137,12 @@ def _probe_node(roots: list[str], token: str) -> dict[str, Any]:
     import transferlab
 
     node_id = ray.get_runtime_context().get_node_id()
+    return {"node_id": node_id, "hostname": socket.gethostname(), "problems": probe_roots(roots, token, node_id),
+            "version": transferlab.__version__}
+
+
+def probe_roots(roots: list[str], token: str, node_id: str) -> list[str]:
+    """Read the driver's probe file under each root and write this node's own; the problems."""
     problems = []
     for root in roots:
         folder = Path(root) / PROBE_DIR
@@ -118,8 +158,7 @@ def _probe_node(roots: list[str], token: str) -> dict[str, Any]:
             (folder / f"{token}.{node_id}").write_text(node_id)
         except OSError as exc:
             problems.append(f"{root}: not writable here ({exc.strerror or exc})")
-    return {"node_id": node_id, "hostname": socket.gethostname(), "problems": problems,
-            "version": transferlab.__version__}
+    return problems
 
 
 def check_shared_store(roots: list[str | Path]) -> list[dict[str, Any]]:

@@ -212,7 +212,7 @@ class WorkerPool:
             if task.name not in by_task:  # one copy of each task's image lists in the object store
                 by_task[task.name] = ray.put(task)
             task_refs[number] = by_task[task.name]
-        queue = deque(units)
+        queue = deque(sorted(units, key=lambda u: -u.images))  # longest first: the last ones finish together
         attempts: dict[Unit, int] = {}
         inflight: dict[Any, tuple[Unit, _Slot]] = {}
         counted: set[tuple] = set()
