@@ -141,3 +141,25 @@ def test_worker_killed_mid_shard_is_retried_and_results_are_unchanged(cluster, w
     assert _store_is_whole(store) == _store_is_whole(workdir / "store-ray")
     pids = {json.loads(p.read_text())["pid"] for p in store.rglob("provenance.json")}
     assert pids - originals  # the killed worker's shard was redone by its restarted actor
+
+
+def test_lost_node_is_reported_and_its_shards_go_to_the_other_node(cluster, workdir, local_values):
+    """Last in this module: it takes the second raylet down for good."""
+    study = _study(cluster, workdir, "lost")
+    lost = False
+    deadline = time.monotonic() + STUDY_S
+    try:
+        while not lost and study.poll() is None and time.monotonic() < deadline:
+            if any(c.startswith("ray::ExtractionWorker.extract") for c in cluster.descendants(node=1).values()):
+                cluster.kill_node(1)  # the whole second node, mid-shard
+                lost = True
+            time.sleep(0.2)
+    finally:
+        summary, err = _finish(study)
+    assert lost, "no extraction worker of the second node was seen mid-shard"
+    assert "lost the extraction worker on node" in err
+    assert summary["failures"] == []
+    _same_results(workdir / "lost", local_values)
+    assert _store_is_whole(workdir / "store-lost") == _store_is_whole(workdir / "store-ray")
+    again, _ = _finish(_study(cluster, workdir, "lost"))  # the rerun on the one node left resumes: nothing to do
+    assert again["new_results"] == 0 and again["forwarded_images"] == 0

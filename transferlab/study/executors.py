@@ -33,7 +33,6 @@ class LocalExecutor:
 
     def __init__(self, workers: int | None = None):
         self.workers = workers
-        self._placements: dict[int, list] = {}
 
     def extract_ahead(self, fn: Callable, requests: list[tuple]) -> None:
         """Nothing to do ahead: each pair is extracted when its evaluation needs it."""
@@ -50,7 +49,8 @@ class LocalExecutor:
     def map_evaluation(self, fn: Callable, calls: Iterable[tuple]) -> Iterator[Any]:
         calls = list(calls)
         node = this_node()
-        extracted = [_placement_of(self._placements, args) for args in calls]
+        placements: dict[int, list] = {}
+        extracted = [_placement_of(placements, args) for args in calls]
         workers = min(len(calls), self._workers())
         if workers <= 1:
             outcomes: Iterable = (fn(*args) for args in calls)
@@ -110,7 +110,6 @@ class RayExecutor:
         self._checked: set[str] = set()
         self._sources: dict = {}
         self._forwarded: dict[tuple, int] = {}
-        self._placements: dict[int, list] = {}
 
     # ----------------------------------------------------------------- extraction
     def _check_store(self, store_root: str | None) -> None:
@@ -173,8 +172,9 @@ class RayExecutor:
         # all in flight at once; yielded in call order as the local executor does, so rows
         # are stored in the same order and ties (e.g. Deep Optimal's choice) break the same way
         pending = []
+        placements: dict[int, list] = {}  # per call: its feature objects stay alive, so ids stay theirs
         for args in calls:
-            extracted = _placement_of(self._placements, args)
+            extracted = _placement_of(placements, args)
             handle = self._evaluate.remote(fn, self.eval_cpus, args[0], *[ref(a) for a in args[1:]])
             pending.append((handle, extracted))
         for handle, extracted in pending:

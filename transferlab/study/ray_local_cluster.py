@@ -89,8 +89,9 @@ class LocalCluster:
             return []
         return done.stdout.split() if done.returncode == 0 else []
 
-    def descendants(self) -> dict[int, str]:
-        """pid -> command line (Ray process titles) of everything the cluster started."""
+    def descendants(self, node: int | None = None) -> dict[int, str]:
+        """pid -> command line (Ray process titles) of everything the cluster started (or
+        node number ``node`` alone: 0 is the head)."""
         parents: dict[int, int] = {}
         commands: dict[int, str] = {}
         for entry in Path("/proc").iterdir():
@@ -103,13 +104,22 @@ class LocalCluster:
             except OSError:
                 continue
             parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-        ours = {p.pid for p in self.processes}
+        ours = {p.pid for p in self.processes} if node is None else {self.processes[node].pid}
         while True:
             more = {pid for pid, parent in parents.items() if parent in ours and pid not in ours}
             if not more:
                 break
             ours |= more
         return {pid: commands.get(pid, "") for pid in ours}
+
+    def kill_node(self, node: int) -> None:
+        """SIGKILL one node's `ray start` and everything it started: a lost machine."""
+        process = self.processes[node]
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait(30)
 
     def stop(self) -> None:
         """Stop every `ray start` this cluster ran and what it started (its process group)."""
@@ -120,7 +130,7 @@ class LocalCluster:
 
 
 def _stop_group(process: subprocess.Popen) -> None:
-    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
         if process.poll() is not None:
             break
         try:
