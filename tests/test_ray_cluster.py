@@ -111,7 +111,7 @@ def test_study_on_two_raylets_matches_local_and_extracts_on_both_nodes(cluster, 
     assert extracted == set(cluster.nodes)  # shards on both raylets
     assert evaluated <= set(cluster.nodes) and None not in evaluated
     assert all(e["device"] == "cpu" and e["shards"] >= 1 for r in rows for e in r["placement"]["extracted"])
-    assert _store_is_whole(workdir / "store-ray") > 0
+    assert _store_is_whole(workdir / "store-ray") == _store_is_whole(workdir / "store-local") > 0
     # the rerun resumes: nothing left to compute or forward
     again, _ = _finish(_study(cluster, workdir, "ray"))
     assert again["new_results"] == 0 and again["forwarded_images"] == 0
@@ -138,7 +138,7 @@ def test_worker_killed_mid_shard_is_retried_and_results_are_unchanged(cluster, w
     rows = _same_results(workdir / "killed", local_values)
     assert all(r["placement"]["extracted"] for r in rows)
     store = workdir / "store-killed"
-    assert _store_is_whole(store) == _store_is_whole(workdir / "store-ray")
+    assert _store_is_whole(store) == _store_is_whole(workdir / "store-local")
     pids = {json.loads(p.read_text())["pid"] for p in store.rglob("provenance.json")}
     assert pids - originals  # the killed worker's shard was redone by its restarted actor
 
@@ -160,6 +160,6 @@ def test_lost_node_is_reported_and_its_shards_go_to_the_other_node(cluster, work
     assert "lost the extraction worker on node" in err
     assert summary["failures"] == []
     _same_results(workdir / "lost", local_values)
-    assert _store_is_whole(workdir / "store-lost") == _store_is_whole(workdir / "store-ray")
+    assert _store_is_whole(workdir / "store-lost") == _store_is_whole(workdir / "store-local")
     again, _ = _finish(_study(cluster, workdir, "lost"))  # the rerun on the one node left resumes: nothing to do
     assert again["new_results"] == 0 and again["forwarded_images"] == 0
