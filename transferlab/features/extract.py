@@ -12,7 +12,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -98,13 +98,15 @@ def extract(
     jpeg_draft: bool = False,
     compile_model: bool | None = None,
     fold_bn: bool = True,
+    shards: Collection[int] | None = None,
 ) -> SplitFeatures:
     """Fill the store with every (layer, pooling, view) of ``split``; one forward per image
     and view, only for shards not already on disk. ``jpeg_draft`` decodes large JPEGs at a
     reduced scale (``features.images.read_image``), stored apart from full decodes.
     ``compile_model`` runs the one-pass forward through ``torch.compile`` (``CompiledForward``);
     None decides by the number of images (``features.speed.compile_pays``). ``fold_bn`` folds
-    BatchNorms into their convolutions for the forward (``features.fold``), keyed apart."""
+    BatchNorms into their convolutions for the forward (``features.fold``), keyed apart.
+    ``shards``: forward only these shards (one unit of work of a distributed executor)."""
     store = store or FeatureStore()
     poolings = [validate_pooling(p) for p in poolings]
     for view in views:
@@ -125,6 +127,8 @@ def extract(
     run_keys: dict[str, GroupKey] = {}
     for view, key in keys.items():
         for shard, missing in store.missing(key, outputs).items():
+            if shards is not None and shard not in shards:
+                continue
             todo.setdefault(shard, set()).update(missing)
             run_keys[view] = key
     result = SplitFeatures(store, keys, list(layers), list(poolings))

@@ -159,6 +159,21 @@ class FeatureStore:
             record = {"bytes": len(data), "crc32": zlib.crc32(data), "rows": int(array.shape[0])}
             atomic_write_text(path.with_name(path.name + CHECK_SUFFIX), json.dumps(record))
 
+    def write_provenance(self, key: GroupKey, shard: int, record: dict) -> None:
+        """Who extracted a shard (node, host, device): ``<shard>/provenance.json``."""
+        atomic_write_text(self.group_dir(key) / f"{shard:05d}" / "provenance.json", json.dumps(record, sort_keys=True))
+
+    def provenance(self, key: GroupKey) -> dict[int, dict | None]:
+        """Shard -> its provenance record (None where none was written, e.g. an older run)."""
+        out: dict[int, dict | None] = {}
+        for shard in range(self.shard_count(key)):
+            path = self.group_dir(key) / f"{shard:05d}" / "provenance.json"
+            try:
+                out[shard] = json.loads(path.read_text())
+            except (OSError, ValueError):
+                out[shard] = None
+        return out
+
     # -- reads ------------------------------------------------------------------------
     def bad_indices(self, key: GroupKey) -> list[int]:
         """Dataset indices that were skipped as unreadable (absolute positions)."""

@@ -52,15 +52,17 @@ POST_LEARNING_FACTORS = (
     "layer", "layer_name", "pooling", "normalisation", "pca", "views", "finetune", "qe", "head", "loss", "sweep",
 )  # fmt: skip
 FACTOR_ORDER = LEARNING_FACTORS + POST_LEARNING_FACTORS
-PROVENANCE_KEYS = ("identity", "config_hash", "versions", "git_commit", "seed", "device", "created")
+PROVENANCE_KEYS = ("identity", "config_hash", "versions", "git_commit", "seed", "device", "created", "placement")
 
 _COLUMNS = (
     "job_key", "source", "task", "factors", "metric", "value", "metrics", "standard",
     "seconds", "extra", "config_hash", "versions", "git_commit", "seed", "device", "created",
-    "val_value", "selection", "low", "high", "identity",
+    "val_value", "selection", "low", "high", "identity", "placement",
 )  # fmt: skip
 # Columns added after the first schema: older stores get them by ALTER TABLE on open.
-_ADDED_COLUMNS = {"val_value": "REAL", "selection": "TEXT", "low": "REAL", "high": "REAL", "identity": "TEXT"}
+_ADDED_COLUMNS = {
+    "val_value": "REAL", "selection": "TEXT", "low": "REAL", "high": "REAL", "identity": "TEXT", "placement": "TEXT",
+}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
@@ -80,7 +82,8 @@ CREATE TABLE IF NOT EXISTS results (
     git_commit  TEXT,
     seed        INTEGER,
     device      TEXT,
-    created     REAL NOT NULL
+    created     REAL NOT NULL,
+    placement   TEXT
 );
 CREATE INDEX IF NOT EXISTS results_task ON results (task);
 CREATE TABLE IF NOT EXISTS items (job_key TEXT PRIMARY KEY, data BLOB NOT NULL);
@@ -138,6 +141,8 @@ class ResultRow:
     high: float | None = None
     identity: str = ""  # plan.result_identity (shown with `results --all` as the configuration hash)
     items: dict[str, Any] | None = None  # per-item test data + bootstrap replicates (not in rows())
+    # where it ran: {"extracted": [{node_id, hostname, device, shards}], "evaluated": {node_id, hostname}}
+    placement: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.job_key and isinstance(self.factors, dict):
@@ -150,7 +155,7 @@ class ResultRow:
     def from_dict(cls, data: dict[str, Any]) -> ResultRow:
         """Back from a ``ResultStore.rows()`` dict (provenance fields are dropped)."""
         names = ("source", "task", "factors", "metric", "value", "metrics", "standard", "seconds", "extra", "job_key",
-                 "val_value", "selection", "low", "high", "identity")
+                 "val_value", "selection", "low", "high", "identity", "placement")
         return cls(**{k: data[k] for k in names if k in data})
 
 
@@ -356,6 +361,7 @@ class ResultStore:
             dumps(prov["versions"]) if prov.get("versions") is not None else None,
             prov.get("git_commit"), int(seed) if seed is not None else None, prov.get("device"), created,
             _finite(row.val_value), row.selection or None, _finite(row.low), _finite(row.high), row.identity or None,
+            dumps(row.placement) if row.placement else None,
         )  # fmt: skip
 
     def rows(self, task: str | None = None) -> list[dict[str, Any]]:
@@ -371,6 +377,7 @@ class ResultStore:
             for name in ("factors", "metrics", "seconds", "extra"):
                 item[name] = json.loads(item[name])
             item["versions"] = json.loads(item["versions"]) if item["versions"] is not None else None
+            item["placement"] = json.loads(item["placement"]) if item["placement"] else {}
             item["value"] = float("nan") if item["value"] is None else float(item["value"])
             item["standard"] = bool(item["standard"])
             for name in ("val_value", "low", "high"):

@@ -168,6 +168,7 @@ def run_study(config: StudyConfig, run_dir: str | Path, *, executor: str = "loca
         execution = {**config.execution.model_dump(), "progress": progress}
         memo: dict[tuple, FeatureSource] = {}  # features shared by several pairs (whitening sets)
         try:
+            pool.extract_ahead(extract_pair, _extractions_needed(plan, done, cache, execution))
             for source_name, task_name in plan.pairs():
                 jobs = [j for j in plan.jobs_for(source_name, task_name) if j.key not in done]
                 optimal_wanted = config.optimal and config.sweep == "one_at_a_time"
@@ -181,6 +182,23 @@ def run_study(config: StudyConfig, run_dir: str | Path, *, executor: str = "loca
             pool.shutdown()
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _extractions_needed(plan: Plan, done: set[str], cache: str | None, execution: dict) -> list[tuple]:
+    """``extract_pair`` arguments of every (source, task) with a pending job (and its
+    retrieval whitening set), so a cluster executor can put all of them in flight at once."""
+    wanted: dict[tuple, tuple] = {}
+    for source_name, task_name in plan.pairs():
+        if not any(j.key not in done and j.setting.finetune == "off" for j in plan.jobs_for(source_name, task_name)):
+            continue
+        names = [(task_name, plan.views_for(task_name))]
+        if plan.specs[task_name].kind == "retrieval" and plan.config.retrieval.whiten_on:
+            names.append((plan.config.retrieval.whiten_on, ["orig"]))
+        for name, views in names:
+            wanted.setdefault((source_name, name, tuple(views)), (
+                _source_specs(plan, source_name), plan.tasks[name], plan.layers, plan.poolings, views, cache,
+                execution))
+    return list(wanted.values())
 
 
 def _source_specs(plan: Plan, source_name: str) -> list[tuple[str, str | None]]:
