@@ -121,7 +121,9 @@ def _print_sources(args: argparse.Namespace) -> int:
     from transferlab.study.results import ResultStore
 
     with ResultStore(args.run_dir, create=False) as store:
-        records = list((store.get_meta("trained_sources", {}) or {}).values())
+        found = store.get_meta("trained_sources", {}) or {}
+        order = {name: i for i, name in enumerate(store.get_meta("sources", []) or [])}
+    records = [found[name] for name in sorted(found, key=lambda n: (order.get(n, len(order)), n))]
     if args.json:
         from transferlab.commands._common import print_json
 

@@ -120,8 +120,9 @@ def trained_sources_table(meta: dict[str, Any]) -> str:
     records = _records(meta)
     if not records:
         return ""
+    order = {name: i for i, name in enumerate(meta.get("sources") or [])}
     body = []
-    for name, r in records.items():
+    for name, r in sorted(records.items(), key=lambda item: (order.get(item[0], len(order)), item[0])):
         tasks = "+".join(r.get("source_task") or [])
         body.append([
             f'<th class="rowhead">{esc(name)}{_flag(r)}</th>', f"<td>{esc(str(r.get('kind')))}</td>",

@@ -31,7 +31,9 @@ def train_dir(entry: TrainEntry) -> Path:
 
     # epochs are part of the identity: the learning-rate schedule is stretched over them, so
     # a 5-epoch run is not the first half of a 10-epoch one; snapshots are not (extra saves)
-    text = json.dumps(entry.model_dump(mode="json", exclude=NOT_IDENTITY), sort_keys=True)
+    identity = entry.model_dump(mode="json", exclude=NOT_IDENTITY)
+    identity["options"] = {k: v for k, v in identity["options"].items() if k != "threads"}  # speed only
+    text = json.dumps(identity, sort_keys=True)
     return cache_dir("trained") / f"{entry.arch}-{entry.width}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
@@ -207,6 +209,18 @@ def source_records(config: StudyConfig) -> dict[str, dict[str, Any]]:
             "members": members,
         }
     return out
+
+
+def warn_near_chance(records: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Say on stderr which trained sources have not learnt their own task (and return the records)."""
+    import sys
+
+    for name, record in records.items():
+        if record.get("near_chance") and record.get("kind") != "concat":
+            print(f"transferlab: WARNING: source {name} is near chance on its own validation split "
+                  f"(accuracy {record['val_accuracy']:.3f}, chance {record['chance']:.3f}): its results say "
+                  "nothing about transfer; train it on more images or for more epochs", file=sys.stderr)
+    return records
 
 
 def _record(source: SourceEntry, factors: dict[str, Any], entry: TrainEntry, near_chance) -> dict[str, Any]:
