@@ -204,8 +204,7 @@ def source_task_table(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     # one network per kind: the (architecture, width, subset) most kinds share, then the shortest name
     def arch(name: str) -> str:
         f = final[name]
-        subset = "" if str(f.get("images_per_class")) == "all" else f", {f.get('images_per_class')} per class"
-        return f"{f.get('arch')}-{f.get('width')}{subset}"
+        return f"{f.get('arch')}-{f.get('width')}"
 
     counts: dict[str, int] = {}
     for kind in KIND_ORDER:
@@ -213,7 +212,7 @@ def source_task_table(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             counts[a] = counts.get(a, 0) + 1
     if not counts:
         return ""
-    common = max(counts, key=lambda a: (counts[a], "per class" not in a))
+    common = max(counts, key=lambda a: (counts[a], a))
     records = _records(meta)
     chosen = []
     for kind in KIND_ORDER:
@@ -282,6 +281,7 @@ def source_task_reading(chosen: dict[str, str], tasks: list[str], grid: dict, re
             ok = sign * (c["value"] - (worse + KEEPS_MOST * (better - worse))) >= 0
             (keeps if ok else misses).setdefault(kind, []).append(t)
     parts = []
+    untested = not any(grid.get((n, t), {}).get("low") is not None for n in chosen.values() for t in near)
     if wins and not losses:
         parts.append(f"each single source is best on the tasks near its own kind ({', '.join(wins)})"
                      + (f"; too close to call on {', '.join(ties)}" if ties else "") + ": the paper's pattern shows")
@@ -300,7 +300,8 @@ def source_task_reading(chosen: dict[str, str], tasks: list[str], grid: dict, re
             parts.append(f"{title} keeps most of both (at least half the single-source gap on {', '.join(kept)})")
         elif missed:
             parts.append(f"{title} does not keep most of both (below half the gap on {', '.join(missed)})")
-    return "; ".join(parts) + "."
+    reading = "; ".join(parts) + "."
+    return f"(no intervals in these rows: differences are not tested) {reading}" if untested else reading
 
 
 def early_stopping(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
