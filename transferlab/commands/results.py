@@ -31,6 +31,9 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
     parser.add_argument("--all", action="store_true",
                         help="every row kept in the store, with its configuration hash (default: the rows of the "
                         "latest configuration run here)")
+    parser.add_argument("--sources", action="store_true",
+                        help="the run's trained sources instead: spec, source task(s), arch, width, snapshot, "
+                        "images, classes and their own source validation accuracy (with --json: one entry each)")
     parser.set_defaults(func=run)
 
 
@@ -40,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
 
     if getattr(args, "summary", False):
         return _summary(args)
+    if getattr(args, "sources", False):
+        return _print_sources(args)
     with ResultStore(args.run_dir, create=False) as store:
         current = not getattr(args, "all", False)
         if args.csv is not None:
@@ -138,3 +143,42 @@ def _print_table(rows: list[dict[str, Any]], meta: dict[str, Any], with_hash: bo
         line = "  ".join(c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
         print(line.rstrip())
     print(f"{len(rows)} results; scores in [0, 1] shown x100")
+
+
+SOURCE_COLUMNS = ("source", "kind", "arch", "width", "snapshot", "images", "classes", "val_accuracy")
+
+
+def _print_sources(args: argparse.Namespace) -> int:
+    """``--sources``: the trained sources' records stored by the study (meta ``trained_sources``)."""
+    from transferlab.study.results import ResultStore
+
+    with ResultStore(args.run_dir, create=False) as store:
+        found = store.get_meta("trained_sources", {}) or {}
+        order = {name: i for i, name in enumerate(store.get_meta("sources", []) or [])}
+    records = [found[name] for name in sorted(found, key=lambda n: (order.get(n, len(order)), n))]
+    if args.json:
+        from transferlab.commands._common import print_json
+
+        print_json(records)
+        return 0
+    if not records:
+        print(f"no trained sources in {args.run_dir}")
+        return 0
+    table = [[_source_cell(r, c) for c in SOURCE_COLUMNS] for r in records]
+    header = [*SOURCE_COLUMNS[:-1], "source val acc"]
+    widths = [max(len(row[i]) for row in [header, *table]) for i in range(len(header))]
+    for row in [header, *table]:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    flagged = [r["source"] for r in records if r.get("near_chance")]
+    if flagged:
+        print(f"near chance on their own validation split (not learnt): {', '.join(flagged)}")
+    return 0
+
+
+def _source_cell(record: dict[str, Any], column: str) -> str:
+    value = record.get(column)
+    if column == "val_accuracy":
+        if value is None:
+            return "n/a"
+        return f"{100 * value:.1f}" + (" (near chance)" if record.get("near_chance") else "")
+    return "-" if value is None else str(value)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 sections: list[Callable[[list[dict[str, Any]], dict[str, Any]], str | None]] = []
-section_modules: list[str] = ["transferlab.analysis.sections"]
+section_modules: list[str] = ["transferlab.analysis.sections", "transferlab.report.learning"]
 
 
 def build_report(run_dir: str | Path) -> Path:

@@ -56,6 +56,7 @@ class TaskEntry(_Strict):
 class TrainEntry(_Strict):
     """A source network trained from scratch by the study (learning factors, issue 6)."""
 
+    name: str | None = None  # label in the report; `train:NAME` names it in sources (concat:[train:a, train:b])
     arch: Literal["alexnet", "vgg16"] = "alexnet"
     width: Literal["tiny", "small", "medium", "large"] = "tiny"
     source_task: str | list[str] = "fashion_mnist"
@@ -66,14 +67,16 @@ class TrainEntry(_Strict):
     images_per_class: PositiveInt | None = None
     seed: NonNegativeInt = 0
     options: dict[str, Any] = Field(default_factory=dict)  # root: DIR for a benchmark, quick: true
+    finetune: bool = False  # also run factors.finetune's "on" for the final network on every task
 
     @model_validator(mode="after")
     def _check(self) -> TrainEntry:
         if self.epochs < 1:
             raise ValueError("epochs must be >= 1")
-        unknown = set(self.options) - {"root", "quick"}
+        unknown = set(self.options) - {"root", "quick", "lr", "batch_size", "dropout", "threads"}
         if unknown:
-            raise ValueError(f"unknown train option {sorted(unknown)[0]!r} (use root, quick)")
+            raise ValueError(f"unknown train option {sorted(unknown)[0]!r} "
+                             "(use root, quick, lr, batch_size, dropout, threads)")
         return self
 
 

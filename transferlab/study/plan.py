@@ -214,8 +214,16 @@ def settings_for(config: StudyConfig, retrieval: bool) -> list[tuple[Setting, bo
 def make_plan(config: StudyConfig, check_layers: bool = True) -> Plan:
     """Validate everything and expand the jobs. Sources of ``train:`` entries that are not
     trained yet are planned without being loaded (their layers are checked after training)."""
-    from transferlab.study.learning import is_trained, trained_entries
+    from transferlab.study.learning import (
+        concat_factors,
+        is_trained,
+        learning_settings,
+        references_of,
+        resolve_train_references,
+        trained_entries,
+    )
 
+    config = resolve_train_references(config)  # train:NAME in source specs -> trained:DIR@EPOCH
     problems: list[str] = []
     notes: list[str] = []
     tasks: dict[str, TaskData] = {}
@@ -261,9 +269,19 @@ def make_plan(config: StudyConfig, check_layers: bool = True) -> Plan:
             sources[entry.name] = entry
             source_ids[entry.name] = f"{entry.spec} (to be trained)"
             usable[entry.name] = {str(layer): frozenset(config.factors.pooling) for layer in config.factors.layers}
+    finetuned = {e.name for e, f, t in trained if t.finetune and f["snapshot"] == t.epochs}
+    for entry in config.sources:  # Concat of trained networks: a learning-factor source too
+        factors = concat_factors(entry.spec, config)
+        if factors is not None:
+            learning[entry.name] = factors
     for entry in [*config.sources, *(e for e, _, t in trained if t not in untrained)]:
         if entry.name in sources:
             problems.append(f"sources: {entry.name} is listed twice")
+            continue
+        if any(t in untrained for t, _ in references_of(entry.spec, config)):
+            sources[entry.name] = entry  # reads networks not trained yet: checked after training
+            source_ids[entry.name] = f"{entry.spec} (to be trained)"
+            usable[entry.name] = {str(layer): frozenset(config.factors.pooling) for layer in config.factors.layers}
             continue
         sources[entry.name] = entry
         found, source_problems, why_not, weights_ids = _check_source(entry, config, check_layers)
@@ -295,7 +313,7 @@ def make_plan(config: StudyConfig, check_layers: bool = True) -> Plan:
             standard_source = source_name == (config.sources[0].name if config.sources else None)
             settings = settings_for(config, retrieval)
             if source_name in learning:  # learning-factor sources are compared at the standard setting
-                settings = settings[:1]
+                settings = learning_settings(settings, source_name in finetuned)
             for setting, is_standard in settings:
                 if setting.pooling == "windows" and not retrieval:
                     continue

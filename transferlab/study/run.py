@@ -153,6 +153,10 @@ def run_study(config: StudyConfig, run_dir: str | Path, *, executor: str = "loca
         results.set_meta("config", yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
         results.set_meta("tasks", task_meta(plan))
         results.set_meta("sources", list(plan.sources))
+        if plan.learning:  # trained sources' own records (val accuracy, images, classes) for the report
+            from transferlab.study.learning import source_records, warn_near_chance
+
+            results.set_meta("trained_sources", warn_near_chance(source_records(plan.config)))
         results.set_meta("standard", settings_for(config, False)[0][0].as_dict())
         results.set_meta("distance", config.distance)
         distances = results.get_meta("distances", {}) or {}

@@ -13,6 +13,7 @@ from __future__ import annotations
 from transferlab.data.builtin.copies import read_photo_copies
 from transferlab.data.builtin.digits import read_digits
 from transferlab.data.builtin.fashion import read_fashion_mnist, read_fashion_upper
+from transferlab.data.builtin.scenes import SCENE_TASKS
 from transferlab.data.builtin.shapes import read_shape_attributes, read_shape_relations
 from transferlab.data.tasks import TaskSpec, register
 
@@ -113,5 +114,7 @@ BUILTIN_TASKS = [
         )
     ),
 ]
+
+BUILTIN_TASKS += SCENE_TASKS  # source tasks and scene targets of the learning factors (scenes.py)
 
 __all__ = ["BUILTIN_TASKS"]
