@@ -37,6 +37,8 @@ class _LeafBatchNormTracer(torch.fx.Tracer):
 def foldable_pairs(model: nn.Module, keep: Iterable[str] = ()) -> list[tuple[str, str]]:
     """(conv name, batchnorm name) pairs that can be folded; [] if the model cannot be traced."""
     keep = set(keep)
+    if not any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
+        return []  # nothing to fold (transformers): no trace, which would also run the model's hooks
     try:
         graph = _LeafBatchNormTracer().trace(model)
     except Exception:  # noqa: BLE001 - any tracing failure just means no folding

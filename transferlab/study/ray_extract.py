@@ -48,7 +48,8 @@ def plan_units(requests: list[tuple], sources: dict) -> list[Unit]:
     execution)``, computed on the driver from the store (sources loaded once, cached in
     ``sources``)."""
     from transferlab.data.base import image_splits
-    from transferlab.features.extract import _pool_applies, group_keys
+    from transferlab.features.extract import group_keys
+    from transferlab.features.pooling import pooling_applies
     from transferlab.features.pooling import validate_pooling
     from transferlab.features.store import FeatureStore, output_name
 
@@ -57,9 +58,9 @@ def plan_units(requests: list[tuple], sources: dict) -> list[Unit]:
         store = FeatureStore(store_root) if store_root else FeatureStore()
         names = [validate_pooling(p) for p in poolings]
         for spec, weights in specs:
-            source = _cached_source(sources, spec, weights)
+            source = _cached_source(sources, spec, weights, execution.get("resolution"))
             resolved = source.resolve_layers(usable_layers(source, layers))
-            outputs = [output_name(layer.name, p) for layer in resolved for p in names if _pool_applies(layer, p)]
+            outputs = [output_name(layer.name, p) for layer in resolved for p in names if pooling_applies(layer, p)]
             for split_name, split in image_splits(task).items():
                 keys = group_keys(source, split.paths, split.boxes, views, execution.get("jpeg_draft", False))
                 for view, key in keys.items():
@@ -81,12 +82,12 @@ def usable_layers(source, layers: list) -> list:
     return out
 
 
-def _cached_source(cache: dict, spec: str, weights: str | None):
+def _cached_source(cache: dict, spec: str, weights: str | None, resolution: int | None = None):
     from transferlab.sources import load_source
 
-    if (spec, weights) not in cache:
-        cache[(spec, weights)] = load_source(spec, weights)
-    return cache[(spec, weights)]
+    if (spec, weights, resolution) not in cache:
+        cache[(spec, weights, resolution)] = load_source(spec, weights, resolution=resolution)
+    return cache[(spec, weights, resolution)]
 
 
 class ExtractionWorker:
@@ -115,7 +116,7 @@ class ExtractionWorker:
         from transferlab.features.store import FeatureStore
         from transferlab.study.placement import shard_record, this_node
 
-        source = _cached_source(self.sources, unit.spec, unit.weights)
+        source = _cached_source(self.sources, unit.spec, unit.weights, execution.get("resolution"))
         split = image_splits(task)[unit.split]
         jpeg_draft = execution.get("jpeg_draft", False)
         key = group_keys(source, split.paths, split.boxes, [unit.view], jpeg_draft)[unit.view]
