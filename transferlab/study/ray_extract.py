@@ -49,8 +49,7 @@ def plan_units(requests: list[tuple], sources: dict) -> list[Unit]:
     ``sources``)."""
     from transferlab.data.base import image_splits
     from transferlab.features.extract import group_keys
-    from transferlab.features.pooling import pooling_applies
-    from transferlab.features.pooling import validate_pooling
+    from transferlab.features.pooling import pooling_applies, validate_pooling
     from transferlab.features.store import FeatureStore, output_name
 
     units: list[Unit] = []
