@@ -88,11 +88,11 @@ def cache(tmp_path, monkeypatch):
 
 
 def test_registry_entries():
-    builtin = [t for t in all_tasks() if t.builtin]
+    builtins = [t for t in all_tasks() if t.builtin]
     # the learning factors' source tasks and their scene targets sit beside the six of the suite
-    assert {t.name for t in builtin} - set(QUICK) == {"fashion_source", "scene_source", "indoor_layouts",
+    assert {t.name for t in builtins} - set(QUICK) == {"fashion_source", "scene_source", "indoor_layouts",
                                                       "scene_categories"}
-    specs = [t for t in builtin if t.name in QUICK]
+    specs = [t for t in builtins if t.name in QUICK]
     assert [t.name for t in specs] == list(QUICK)
     assert [t.distance for t in specs] == [101, 102, 103, 104, 105, 106]
     assert [t.group for t in specs] == [1, 2, 3, 3, 4, 5]
