@@ -53,10 +53,10 @@ LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
 SIZES = {
     "fashion_mnist": {False: {"train": 50, "val": 10, "test": 30}, True: {"train": 10, "val": 5, "test": 5},
                       "demo": {"train": 10, "val": 5, "test": 30}},
-    "fashion_upper": {False: {"train": 150, "val": 25, "test": 75}, True: {"train": 30, "val": 10, "test": 15},
-                      "demo": {"train": 30, "val": 10, "test": 75}},
+    "fashion_upper": {False: {"train": 150, "val": 25, "test": 100}, True: {"train": 30, "val": 10, "test": 15},
+                      "demo": {"train": 30, "val": 10, "test": 100}},
 }
-# quick: "demo" = the quick train/val splits with the full test split (300 test images): the
+# quick: "demo" = the quick train/val splits with the full test split (300 or 400 test images): the
 # demo's answer needs test sets that can tell configurations apart, its time budget small trains.
 
 
