@@ -12,7 +12,7 @@ def offline_config_path() -> Path:
 
 
 def quick_variant(config: StudyConfig) -> StudyConfig:
-    """The ~2 minute version: the standard source only, two layers and two poolings."""
+    """The ~30 s smoke test: the standard source only, two layers and two poolings, small test sets."""
     factors = config.factors.model_copy(update={
         "layers": config.factors.layers[:2],
         "pooling": config.factors.pooling[:2],
