@@ -10,10 +10,16 @@ import pytest
 
 from transferlab.analysis import intervals as I
 from transferlab.cli import main
+from transferlab.errors import TransferlabError
 from transferlab.report import build_report
 from transferlab.study.config import parse_config
 from transferlab.study.results import ResultRow, ResultStore
 from transferlab.study.run import run_study
+
+try:
+    from tests import fixtures_classification as fx
+except ImportError:  # tests/ is not a package: pytest put it on sys.path
+    import fixtures_classification as fx
 
 TINY = {"spec": "timm:mobilenetv3_small_050", "weights": "none"}
 
@@ -229,3 +235,48 @@ def test_repeats_re_split_built_in_tasks_and_report_mean_and_std(tmp_path):
     assert {r["extra"].get("split", 0) for r in copies} == {0}  # retrieval: one fixed split
     page = build_report(run).read_text()
     assert "Repeated splits" in page and "one fixed split: repeats do not apply" in page
+
+
+def test_sun397_repeats_are_its_next_official_partitions(tmp_path):
+    """SUN397 has ten official partitions: repeat r is partition 1 + r, read from its own lists
+    (not a re-deal of partition 1's images), under the names the evaluation asks for."""
+    from transferlab.data.tasks import load_task
+    from transferlab.study.evaluation import repeat_split
+
+    fx.make_sun397(tmp_path / "sun")
+    task = load_task("sun397", tmp_path / "sun", extra_partitions=1)
+    assert set(task.splits) == {"train", "test", "train_p02", "test_p02"}
+
+    class Rows:  # features whose rows are the image indices, to see which images were picked
+        def split(self, name, layer, pooling, view="orig"):
+            return np.arange(len(task.splits[name]))[:, None] + (100 if name.endswith("_p02") else 0)
+
+        def kept(self, name):
+            return np.arange(len(task.splits[name]))
+
+    second, features = repeat_split(task, Rows(), 1)
+    assert sorted(second.splits) == ["test", "train"]
+    assert [p.split("SUN397")[1] for p in second.splits["train"].paths] == fx.SUN397_TEST  # Training_02
+    assert features.split("train", -1, "avg")[:, 0].tolist() == [100, 101, 102]
+    assert len(features.kept("test")) == len(fx.SUN397_TRAIN)
+    with pytest.raises(TransferlabError, match="repeat 2 needs 2 extra partitions"):
+        repeat_split(task, Rows(), 2)
+
+
+def test_a_study_repeats_sun397_on_its_partitions_and_sun_attributes_by_re_dealing(tmp_path):
+    fx.make_sun397(tmp_path / "sun")
+    fx.make_sun_attributes(tmp_path / "attr")
+    run = tmp_path / "run"
+    config = _config(tmp_path, quick=False, tasks=[{"name": "sun397", "root": str(tmp_path / "sun")},
+                                                  {"name": "sun_attributes", "root": str(tmp_path / "attr")}],
+                     factors={"layers": [-1], "pooling": ["avg"]}, execution={"batch_size": 16, "repeats": 2})
+    result = run_study(config, run, progress=False)
+    assert not result.failures
+    with ResultStore(run, create=False) as store:
+        rows = store.rows()
+    sun = {r["extra"].get("split", 0): r for r in rows if r["task"] == "sun397"}
+    attr = {r["extra"].get("split", 0): r for r in rows if r["task"] == "sun_attributes"}
+    assert set(sun) == set(attr) == {0, 1}
+    # partition 1 trains on 4 images and tests on 3, partition 2 the other way round
+    assert (sun[0]["extra"]["n_train"], sun[0]["extra"]["n_test"]) == (4, 3)
+    assert (sun[1]["extra"]["n_train"], sun[1]["extra"]["n_test"]) == (3, 4)

@@ -45,6 +45,16 @@ class TaskSpec:
     builtin: bool = False
     options: dict[str, Any] = field(default_factory=dict)
     protocol: str = ""
+    # How ``execution.repeats`` gets more splits: "redeal" (no official split: pool the images
+    # and deal them out again, seeded), "partitions" (the reader's official alternative
+    # partitions, through its ``extra_partitions`` option), "" (one fixed split).
+    repeats: str = ""
+
+    @property
+    def repeat_mode(self) -> str:
+        if self.repeats:
+            return self.repeats
+        return "redeal" if self.builtin and self.kind != "retrieval" else ""
 
     @property
     def group_name(self) -> str:

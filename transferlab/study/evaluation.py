@@ -382,6 +382,47 @@ class ResplitFeatures:
         return np.arange(len(self.assignment[name]))
 
 
+class PartitionFeatures:
+    """The features of an official alternative partition (SUN397's ``train_p02``...) under the
+    names the evaluation asks for (``train``, ``test``)."""
+
+    def __init__(self, base: FeatureSource, names: dict[str, str]):
+        self.base = base
+        self.names = names
+
+    def layer_name(self, layer: int | str) -> str:
+        return self.base.layer_name(layer)
+
+    def split(self, name: str, layer: int | str, pooling: str, view: str = "orig") -> np.ndarray:
+        return self.base.split(self.names.get(name, name), layer, pooling, view)
+
+    def kept(self, name: str) -> np.ndarray:
+        return self.base.kept(self.names.get(name, name))
+
+
+def partition_repeat(task: TaskData, features: FeatureSource, split: int) -> tuple[TaskData, PartitionFeatures]:
+    """Repeat ``split`` of a task read with extra partitions: its ``split``-th extra partition
+    (splits ``train_pNN``/``test_pNN`` in reading order) as ``train``/``test``."""
+    from dataclasses import replace as dc_replace
+
+    extra = [name[len("train_"):] for name in task.splits if name.startswith("train_p")]
+    if split > len(extra):
+        raise TransferlabError(f"task {task.name}: repeat {split} needs {split} extra partitions, "
+                               f"the task was read with {len(extra)}")
+    suffix = extra[split - 1]
+    names = {"train": f"train_{suffix}", "test": f"test_{suffix}"}
+    splits = {name: dc_replace(task.splits[names[name]], name=name) for name in names}
+    return dc_replace(task, splits=splits), PartitionFeatures(features, names)
+
+
+def repeat_split(task: TaskData, features: FeatureSource, split: int, seed: int = 0) -> tuple[TaskData, FeatureSource]:
+    """The data of repeat ``split`` (> 0): the next official partition where the task was read
+    with them, a seeded re-deal of its images otherwise."""
+    if any(name.startswith("train_p") for name in task.splits):
+        return partition_repeat(task, features, split)
+    return resplit(task, features, split, seed)
+
+
 def resplit(task: TaskData, features: FeatureSource, split: int, seed: int = 0) -> tuple[TaskData, ResplitFeatures]:
     """The ``split``-th seeded re-split of a classification task (split 0 is the task's own)."""
     from dataclasses import replace as dc_replace

@@ -179,8 +179,9 @@ def task_fingerprint(task: TaskData, options: dict[str, Any]) -> str:
 
 
 def repeatable(spec: TaskSpec) -> bool:
-    """Tasks without one fixed split: the built-in classification tasks (re-split, seeded)."""
-    return bool(spec.builtin) and spec.kind != "retrieval"
+    """Tasks with more than one split to evaluate: re-dealt (the built-in classification
+    tasks, SUN Attributes) or official alternative partitions (SUN397)."""
+    return bool(spec.repeat_mode)
 
 
 def concat_members(spec: str) -> list[str] | None:
@@ -241,6 +242,8 @@ def make_plan(config: StudyConfig, check_layers: bool = True) -> Plan:
         options = dict(entry.options)
         if spec.builtin and config.quick:
             options.setdefault("quick", True)
+        if spec.repeat_mode == "partitions" and config.execution.repeats > 1:
+            options.setdefault("extra_partitions", config.execution.repeats - 1)
         if not spec.builtin and root is None:
             problems.append(f"tasks.{entry.name}: needs a root (tasks: [{{name: {entry.name}, root: DIR}}] or data_root)")
             continue

@@ -24,7 +24,7 @@ from transferlab.study.evaluation import (
     best_setting,
     evaluate_probe_job,
     evaluate_retrieval_job,
-    resplit,
+    repeat_split,
 )
 from transferlab.study.executors import make_executor
 from transferlab.study.plan import Job, Plan, concat_members, make_plan, settings_for
@@ -108,9 +108,9 @@ def evaluate_jobs(jobs: list[Job], task: TaskData, features: FeatureSource, conf
     for job in jobs:
         try:
             task, features = base_task, base_features
-            if job.split:  # execution.repeats: a seeded re-split, from the same features
+            if job.split:  # execution.repeats: the next partition, or a seeded re-deal of the same features
                 if job.split not in resplits:
-                    resplits[job.split] = resplit(base_task, base_features, job.split, config.execution.seed)
+                    resplits[job.split] = repeat_split(base_task, base_features, job.split, config.execution.seed)
                 task, features = resplits[job.split]
             if job.kind == "retrieval":
                 held_out = None if whiten is None else whiten.split("db", job.setting.layer, job.setting.pooling)

@@ -5,6 +5,10 @@ class as paths like ``/a/abbey/sun_aqswjsnjlrfzzhiz.jpg``, relative to the ``SUN
 image folder; the class is the path's folder (``/a/apartment_building/outdoor``).
 ``ClassName.txt`` (397 such folders) fixes the class order when present; otherwise the
 classes are the sorted folders found in the partition files.
+
+``extra_partitions=K`` (what a study's ``execution.repeats: K+1`` asks for) also reads the K
+partitions after ``partition`` (wrapping after 10) as splits ``train_p02``/``test_p02``...:
+the study's repeat r is partition r after the first, the official protocol's other splits.
 """
 
 from __future__ import annotations
@@ -24,14 +28,27 @@ from transferlab.data.tasks import TaskSpec, register
 from transferlab.errors import TransferlabError
 
 
+def partition_split(split: str, partition: int) -> str:
+    """The name of an extra partition's split: ``train_p02``."""
+    return f"{split}_p{partition:02d}"
+
+
+def extra_partition_numbers(partition: int, extra: int) -> list[int]:
+    """The ``extra`` partitions after ``partition``, wrapping after 10."""
+    return [(partition - 1 + k) % 10 + 1 for k in range(1, extra + 1)]
+
+
 def read_sun397(
-    root: Path | None, *, problems: Problems | None = None, partition: int = 1
+    root: Path | None, *, problems: Problems | None = None, partition: int = 1, extra_partitions: int = 0
 ) -> TaskData:
-    """Read one of the ten official train/test partitions (``partition`` 1..10)."""
+    """Read one of the ten official train/test partitions (``partition`` 1..10), plus
+    ``extra_partitions`` more as ``train_pNN``/``test_pNN`` splits (for repeats)."""
     problems = problems if problems is not None else Problems()
     root = require_root(root, "sun397", "the folder holding SUN397/ and Partitions/")
-    if not isinstance(partition, int) or not 1 <= partition <= 10:
+    if not isinstance(partition, int) or isinstance(partition, bool) or not 1 <= partition <= 10:
         raise TransferlabError(f"sun397: partition must be an integer 1..10, got {partition!r}")
+    if not isinstance(extra_partitions, int) or isinstance(extra_partitions, bool) or not 0 <= extra_partitions <= 9:
+        raise TransferlabError(f"sun397: extra_partitions must be an integer 0..9, got {extra_partitions!r}")
     images = find_under(root, ["SUN397"], "SUN397 image folder SUN397/")
     partitions = find_under(
         root, ["Partitions", "SUN397/Partitions"], "SUN397 partition folder Partitions/"
@@ -57,8 +74,14 @@ def read_sun397(
         task.source_files.append(str(class_file))
 
     entries: dict[str, tuple[Path, list[tuple[str, str]]]] = {}
-    for split_name, prefix in (("train", "Training"), ("test", "Testing")):
-        list_file = partitions / f"{prefix}_{partition:02d}.txt"
+    wanted = [("train", "Training", partition), ("test", "Testing", partition)]
+    for number in extra_partition_numbers(partition, extra_partitions):
+        wanted += [(partition_split("train", number), "Training", number),
+                   (partition_split("test", number), "Testing", number)]
+    if extra_partitions:
+        task.notes.append(f"repeats: partitions {', '.join(f'{n:02d}' for n in extra_partition_numbers(partition, extra_partitions))} as well")
+    for split_name, prefix, number in wanted:
+        list_file = partitions / f"{prefix}_{number:02d}.txt"
         lines = problems.lines(list_file, task.source_files)
         if lines is None:
             continue
@@ -119,7 +142,9 @@ register(
         metric="accuracy",
         layout="SUN397/<letter>/<class>/..., Partitions/{Training,Testing}_0N.txt [, ClassName.txt]",
         reader=read_sun397,
-        options={"partition": 1},
-        protocol="official partition N (default 1): 50 train / 50 test images per class, 397 classes; accuracy",
+        options={"partition": 1, "extra_partitions": 0},
+        protocol="official partition N (default 1): 50 train / 50 test images per class, 397 classes; accuracy;"
+        " repeats: the next official partitions",
+        repeats="partitions",
     )
 )

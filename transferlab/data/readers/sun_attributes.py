@@ -165,6 +165,7 @@ register(
         layout="SUNAttributeDB/{images.mat, attributes.mat, attributeLabels_continuous.mat}, images/<letter>/<category>/...",
         reader=read_sun_attributes,
         options={"seed": 0, "train_fraction": 0.5, "ambiguous": "negative"},
+        repeats="redeal",
         protocol="102 attributes, positive at >= 2/3 votes; no official split: seeded half/half per scene category; mAP",
     )
 )
