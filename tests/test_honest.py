@@ -138,6 +138,9 @@ def test_rerun_with_changed_c_grid_or_retrieval_setting_makes_new_rows_and_shows
     assert main(["results", str(run), "--all"]) == 0
     out = capsys.readouterr().out
     assert "config hash" in out and len({r["identity"] for r in every}) >= 3
+    assert main(["report", str(run), "--json"]) == 0
+    reported = json.loads(capsys.readouterr().out)
+    assert (reported["results"], reported["older_results"]) == (len(current), len(old))
 
 
 def test_a_train_split_too_small_for_k_fold_is_named_and_never_deep_optimal(tmp_path, capsys):

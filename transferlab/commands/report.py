@@ -16,7 +16,8 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
         "number; also RUN_DIR/results.csv. Works while the study is still running.",
     )
     parser.add_argument("run_dir", metavar="RUN_DIR", help="the study's run directory")
-    parser.add_argument("--json", action="store_true", help='print {"report", "csv", "tasks", "results"} as JSON')
+    parser.add_argument("--json", action="store_true", help='print {"report", "csv", "tasks", "results", "older_results"} as JSON '
+                        "(results: the current configuration's rows, the ones the report shows)")
     parser.set_defaults(func=run)
 
 
@@ -30,13 +31,15 @@ def run(args: argparse.Namespace) -> int:
         from transferlab.commands._common import print_json
 
         with ResultStore(args.run_dir, create=False) as store:
-            rows = store.rows()
+            rows = store.current_rows()  # what the report shows: the current configuration's rows
+            older = store.count() - len(rows)
         print_json(
             {
                 "report": str(path),
                 "csv": str(path.with_name(CSV_NAME)),
                 "tasks": len({r["task"] for r in rows}),
                 "results": len(rows),
+                "older_results": older,
             }
         )
     else:
