@@ -234,7 +234,7 @@ def test_cli_report_and_results(run_dir, capsys, tmp_path):
     assert main(["report", str(run_dir), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out == {"report": str(run_dir / "report.html"), "csv": str(run_dir / "results.csv"), "tasks": 3,
-                   "results": 13}  # fmt: skip
+                   "results": 13, "older_results": 0}  # fmt: skip
 
     assert main(["results", str(run_dir)]) == 0
     lines = capsys.readouterr().out.splitlines()
