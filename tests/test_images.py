@@ -4,6 +4,7 @@ geometry matches torchvision's resize-then-crop, and thread batching keeps order
 from __future__ import annotations
 
 import io
+import os
 
 import numpy as np
 import pytest
@@ -244,3 +245,17 @@ def test_without_torchvisions_decoder_jpegs_go_through_pil(photo_dir, monkeypatc
     path = photo_dir / "chelsea.jpg"
     assert images._decode_jpeg(path.read_bytes()) is None
     assert np.array_equal(np.asarray(decode_rgb(str(path))), pil_rgb(path))
+
+
+def test_decode_threads_follow_the_torch_threads_a_worker_was_given():
+    """A Ray actor of 1 CPU sets torch to 1 thread; its decoding must not spread over every core."""
+    from transferlab.features.images import decode_threads
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert decode_threads() == 1
+        torch.set_num_threads(2)
+        assert decode_threads() == min(2, len(os.sched_getaffinity(0)))
+    finally:
+        torch.set_num_threads(before)

@@ -165,8 +165,11 @@ def extraction_workers(device: torch.device) -> int:
 
 
 def decode_threads() -> int:
-    """Threads that decode one batch between forward passes: one per core, at most 8."""
-    return max(1, min(8, os.cpu_count() or 1))
+    """Threads that decode one batch between forward passes: one per core this process may use
+    (torch's thread count, which a Ray actor sets to its CPU request, and the CPU affinity), at
+    most 8 — not the machine's core count, which oversubscribes a 1-CPU worker."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(8, torch.get_num_threads(), usable))
 
 
 def image_batches(dataset: ImageListDataset, batch_size: int, num_workers: int,
