@@ -209,6 +209,8 @@ def test_source_task_table_reads_the_papers_pattern_when_it_shows_and_says_when_
     shows = learning_section(_source_task_rows((0.85, 0.4), (0.6, 0.9)), _meta(records))
     assert "Source task" in shows and "85.0 [80.0, 90.0]" in shows
     assert "the paper&#x27;s pattern shows" in shows and "Hybrid keeps most of both" in shows
+    close = learning_section(_source_task_rows((0.62, 0.4), (0.6, 0.9)), _meta(records))
+    assert "too close to call on fashion_mnist: the paper&#x27;s pattern shows in part" in close
     reversed_ = learning_section(_source_task_rows((0.5, 0.9), (0.85, 0.4), hybrid=(0.5, 0.4)), _meta(records))
     assert "pattern does not show" in reversed_ and "Hybrid does not keep most of both" in reversed_
     records["scene@4"]["near_chance"] = True

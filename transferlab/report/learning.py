@@ -282,9 +282,12 @@ def source_task_reading(chosen: dict[str, str], tasks: list[str], grid: dict, re
             (keeps if ok else misses).setdefault(kind, []).append(t)
     parts = []
     untested = not any(grid.get((n, t), {}).get("low") is not None for n in chosen.values() for t in near)
-    if wins and not losses:
-        parts.append(f"each single source is best on the tasks near its own kind ({', '.join(wins)})"
-                     + (f"; too close to call on {', '.join(ties)}" if ties else "") + ": the paper's pattern shows")
+    if wins and not losses and not ties:
+        parts.append(f"each single source is best on the tasks near its own kind ({', '.join(wins)}): "
+                     "the paper's pattern shows")
+    elif wins and not losses:
+        parts.append(f"each single source is best on the tasks near its own kind ({', '.join(wins)}), too close "
+                     f"to call on {', '.join(ties)}: the paper's pattern shows in part, nothing contradicts it")
     elif losses:
         parts.append(f"the paper's pattern does not show: the source of the other kind is better on {', '.join(losses)}"
                      + (f" (own kind better on {', '.join(wins)})" if wins else ""))
