@@ -144,6 +144,8 @@ def test_a_trained_source_with_finetune_true_gets_the_finetune_setting_only():
     assert tuned == {"object@2"}  # the final network of the entry with finetune: true
     assert all(j.setting.pooling == "avg" for j in plan.jobs)  # learning sources: standard setting only
     assert {j.source for j in plan.jobs} == {"concat", "object@1", "object@2", "scene@1"}
+    # the first listed source is the standard one even when it is a Concat of trained networks
+    assert {(j.source, j.setting.finetune) for j in plan.jobs if j.standard} == {("concat", "off")}
 
 
 def test_study_trains_once_records_sources_and_reports_them(tmp_path, capsys):

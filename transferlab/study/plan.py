@@ -313,6 +313,7 @@ def make_plan(config: StudyConfig, check_layers: bool = True) -> Plan:
             if task_name not in tasks:
                 continue
             retrieval = spec.kind == "retrieval"
+            # the first listed source is the standard one, a Concat of trained networks too (learning.yaml)
             standard_source = source_name == (config.sources[0].name if config.sources else None)
             settings = settings_for(config, retrieval)
             if source_name in learning:  # learning-factor sources are compared at the standard setting
@@ -326,7 +327,7 @@ def make_plan(config: StudyConfig, check_layers: bool = True) -> Plan:
                 splits = range(config.execution.repeats) if repeatable(spec) else range(1)
                 for split in splits:
                     jobs.append(plan.make_job(source_name, task_name, setting, split=split,
-                                              standard=is_standard and standard_source and source_name not in learning))
+                                              standard=is_standard and standard_source))
     if "windows" in config.factors.pooling:
         notes.append("pooling 'windows' (spatial search) is evaluated on retrieval tasks only")
     if not tasks and not problems:
