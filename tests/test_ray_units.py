@@ -108,3 +108,19 @@ def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_units_are_dealt_round_robin_and_the_tail_is_not_committed_early():
+    """Longest units first, one per worker in turn; a second unit queues behind a running one
+    only while more than DEPTH units per worker wait. With 6 units on 2 workers, committing
+    two each up front put the two longest on one worker (900 vs 700 images of 1600)."""
+    from transferlab.study.ray_extract import DEPTH, _Slot, dispatch_order
+
+    a, b = _Slot(actor=None, node_id="a", ip="1"), _Slot(actor=None, node_id="b", ip="2")
+    assert dispatch_order([a, b], 6) == [a, b]  # the tail: one each
+    assert dispatch_order([a, b], 20) == [a, b] * DEPTH  # a long queue: DEPTH each, alternating
+    a.inflight = 1
+    assert dispatch_order([a, b], 3) == [b]  # a is busy: the free worker takes the next unit
+    b.alive = False
+    assert dispatch_order([a, b], 10) == [a]  # a lost worker gets nothing
+    assert dispatch_order([a, b], 0) == []

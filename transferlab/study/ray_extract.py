@@ -4,9 +4,10 @@ shard) is one unit of work, run by long-lived worker actors that hold the source
 - Workers: one actor per GPU, or on CPU nodes actors of ``cpus_per_worker`` CPUs whose torch
   threads equal that request, pinned to their node (Ray restarts a killed one in place and
   retries its shard: ``max_restarts``/``max_task_retries``).
-- Every unit of every (source, task) is queued at once; each worker has at most
-  ``DEPTH`` units in flight (back-pressure: the driver holds a few small handles per worker,
-  never features).
+- Every unit of every (source, task) is queued at once, longest first, handed out round
+  robin; each worker has at most ``DEPTH`` units in flight (back-pressure: the driver holds a
+  few small handles per worker, never features), and one in the tail, so the last units go to
+  whichever worker frees up first.
 - Workers write their shards into the shared FeatureStore (atomic files, as locally) with
   a provenance record (node, host, device); the driver only reads the store afterwards.
 - A worker whose node is lost is reported and its units go to the others; if none is left
@@ -24,7 +25,29 @@ from typing import Any
 
 from transferlab.errors import TransferlabError
 
-DEPTH = 2  # units in flight per worker: one running, one queued behind it
+DEPTH = 2  # units in flight per worker: one running, one queued behind it (not in the tail)
+
+
+def dispatch_order(slots: list, queued: int) -> list:
+    """The slots to hand the next ``queued`` units (longest first) to, in order: round robin
+    over the live slots with room, so the longest units spread over the workers; a second unit
+    queues behind a running one only while more than ``DEPTH`` units per live slot wait, so the
+    tail is not committed early to a busy worker (a free one takes it instead)."""
+    live = [s for s in slots if s.alive]
+    room = {id(s): s.inflight for s in live}
+    order = []
+    while queued > 0:
+        depth = DEPTH if queued > DEPTH * len(live) else 1
+        ready = [s for s in live if room[id(s)] < depth]
+        if not ready:
+            break
+        for slot in ready:
+            if queued == 0:
+                break
+            order.append(slot)
+            room[id(slot)] += 1
+            queued -= 1
+    return order
 WAIT_S = 5.0  # how often the driver looks for lost nodes while waiting
 UNIT_ATTEMPTS = 3  # a unit whose worker died is re-queued this many times, then the run stops
 
@@ -220,14 +243,13 @@ class WorkerPool:
                    desc=f"extracting {len(units)} shards on {len(self.slots)} Ray workers", disable=not progress)
         try:
             while queue or inflight:
-                for slot in self.slots:
-                    while slot.alive and slot.inflight < DEPTH and queue:
-                        unit = queue.popleft()
-                        _, _, layers, poolings, _, store_root, execution = requests[unit.request]
-                        ref = slot.actor.extract.remote(unit, task_refs[unit.request], layers, poolings, store_root,
-                                                        execution)
-                        inflight[ref] = (unit, slot)
-                        slot.inflight += 1
+                for slot in dispatch_order(self.slots, len(queue)):
+                    unit = queue.popleft()
+                    _, _, layers, poolings, _, store_root, execution = requests[unit.request]
+                    ref = slot.actor.extract.remote(unit, task_refs[unit.request], layers, poolings, store_root,
+                                                    execution)
+                    inflight[ref] = (unit, slot)
+                    slot.inflight += 1
                 if not inflight:
                     raise TransferlabError(self._all_lost_message(len(queue)))
                 done, _ = ray.wait(list(inflight), num_returns=1, timeout=WAIT_S)
