@@ -325,7 +325,8 @@ def read_generic(root: str | Path, any_layout: bool = False) -> TaskData:
 
 def read_unsplit_folder(root: Path) -> TaskData:
     """``ROOT/<class>/<image>`` (labelled) or ``ROOT/<image>`` (no labels) as one split."""
-    folders, files = [], []
+    folders: list[os.DirEntry[str]] = []
+    files: list[os.DirEntry[str]] = []
     with os.scandir(root) as entries:
         for entry in sorted(entries, key=lambda e: e.name):
             if _is_ignored(entry.name):

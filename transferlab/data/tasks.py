@@ -119,7 +119,7 @@ def check_options(spec: TaskSpec, options: dict[str, Any]) -> None:
     accepted = reader_options(spec.reader)
     unknown = sorted(set(options) - accepted) if accepted is not None else []
     if unknown:
-        known = ", ".join(sorted(accepted - {"problems"})) or "none"
+        known = ", ".join(sorted((accepted or set()) - {"problems"})) or "none"
         raise TransferlabError(f"task {spec.name}: unknown option(s) {', '.join(unknown)} (accepted: {known})")
 
 

@@ -314,6 +314,7 @@ class PooledForward:
         if FEATURES_OUTPUT in self.by_layer:
             self._pool(FEATURES_OUTPUT, top)
         if PRE_LOGITS in self.by_layer:
+            assert self.source.pre_logits is not None  # resolve_layers offers pre_logits only then
             self._pool(PRE_LOGITS, self.source.pre_logits(self.model, top))
         return self.captured
 

@@ -61,7 +61,7 @@ def foldable_pairs(model: nn.Module, keep: Iterable[str] = ()) -> list[tuple[str
             continue
         if source.target in keep or node.target in keep:
             continue
-        pairs.append((source.target, node.target))
+        pairs.append((str(source.target), str(node.target)))
     return pairs
 
 
@@ -85,6 +85,7 @@ def fold_batchnorm(model: nn.Module, keep: Iterable[str] = ()) -> tuple[nn.Modul
 @torch.no_grad()
 def _fold_into(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
     dtype = conv.weight.dtype
+    assert bn.running_var is not None and bn.running_mean is not None  # fold_pairs keeps tracked stats only
     var, mean = bn.running_var.double(), bn.running_mean.double()
     gamma = bn.weight.double() if bn.weight is not None else torch.ones_like(var)
     beta = bn.bias.double() if bn.bias is not None else torch.zeros_like(var)

@@ -213,14 +213,17 @@ class FeatureStore:
         except (FileNotFoundError, NotADirectoryError):
             return []  # not written yet (other OS errors, e.g. permissions, are the caller's to see)
         except UnicodeDecodeError:
-            return self._set_aside_shard(folder, "bad.json is not text")
+            self._set_aside_shard(folder, "bad.json is not text")
+            return None
         start, stop = self.shard_range(key, shard)
         try:
             value = json.loads(text)
         except ValueError:
-            return self._set_aside_shard(folder, "bad.json is not valid JSON")
+            self._set_aside_shard(folder, "bad.json is not valid JSON")
+            return None
         if not isinstance(value, list) or not all(isinstance(i, int) and 0 <= i < stop - start for i in value):
-            return self._set_aside_shard(folder, "bad.json is not a list of in-shard positions")
+            self._set_aside_shard(folder, "bad.json is not a list of in-shard positions")
+            return None
         return value
 
     def _verified_file(self, key: GroupKey, shard: int, output: str, bad: Sequence[int]) -> bool:
@@ -317,7 +320,7 @@ class FeatureStore:
 
     # -- maintenance ------------------------------------------------------------------
     def groups(self) -> list[dict]:
-        out = []
+        out: list[dict] = []
         if not self.root.exists():
             return out
         for folder in sorted(self.root.iterdir()):

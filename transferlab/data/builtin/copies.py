@@ -199,7 +199,7 @@ def _build(quick: bool, folder: Path) -> None:
             db.append((f"distractor:lfw_{j:03d}", "none", np.asarray(face.convert("RGB"))))
 
     order = np.random.default_rng([SEED, 2]).permutation(len(db))
-    file_of = {}
+    file_of: dict[str, list[str]] = {}
     info_rows = []
     for slot, item in enumerate(order):
         source, transform, pixels = db[item]

@@ -9,6 +9,7 @@ seeded. The images are saved as 28x28 RGB PNGs in the image-folder layout.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import zlib
@@ -145,7 +146,7 @@ def fingerprint(files: dict[str, Path]) -> str:
     digest = hashlib.sha1()
     for key in sorted(files):
         with open(files[key], "rb") as handle:
-            for block in iter(lambda h=handle: h.read(1 << 20), b""):
+            for block in iter(functools.partial(handle.read, 1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()[:12]
 

@@ -69,6 +69,7 @@ def _texture(rng: np.random.Generator, colour: np.ndarray) -> np.ndarray:
     kind = rng.integers(0, 6)
     period = rng.integers(3, 7)
     amp = rng.uniform(18, 45)
+    pattern: np.ndarray
     if kind == 0:
         pattern = np.zeros((SIZE, SIZE), np.float32)
     elif kind == 1:
@@ -208,7 +209,7 @@ def _lake(c: Canvas, rng: np.random.Generator) -> None:
 def _night(c: Canvas, rng: np.random.Generator) -> None:
     _paint(c, np.ones_like(_Y, bool), rng, dark=True)
     for _ in range(rng.integers(10, 30)):
-        y, x = rng.integers(0, SIZE * 0.6), rng.integers(0, SIZE)
+        y, x = rng.integers(0, SIZE * 0.6), rng.integers(0, SIZE)  # type: ignore[call-overload]  # kept: the drawn scenes' fingerprint
         c[y, x] = rng.uniform(190, 255)
     h = _wavy(rng, rng.uniform(0.65, 0.8), 0.05)
     _paint(c, _Y >= h[None, :], rng, dark=True)
@@ -274,7 +275,7 @@ LAYOUTS: dict[str, Callable[[Canvas, np.random.Generator], None]] = {
 
 def draw_scene(layout: str, rng: np.random.Generator) -> np.ndarray:
     """One (SIZE, SIZE, 3) uint8 scene of ``layout``, mirrored left-right half of the time."""
-    canvas = np.zeros((SIZE, SIZE, 3), np.float32)
+    canvas: np.ndarray = np.zeros((SIZE, SIZE, 3), np.float32)
     LAYOUTS[layout](canvas, rng)
     canvas = canvas * rng.uniform(0.85, 1.15) + rng.normal(0, 4, canvas.shape)  # exposure, sensor noise
     if rng.uniform() < 0.5:

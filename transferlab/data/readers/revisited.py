@@ -113,7 +113,7 @@ def _names(cfg: dict, key: str, path: Path) -> list[str]:
     return list(value)
 
 
-def parse_gnd(path: Path, cfg: Any, problems: Problems) -> tuple[list[str], list[str], list[dict] | None]:
+def parse_gnd(path: Path, cfg: Any, problems: Problems) -> tuple[list[str], list[str], list[dict | None]]:
     """Check the pickle's structure; returns (imlist, qimlist, gnd) with gnd entries
     normalised to {'bbx': Box, 'easy'/'hard'/'junk': list[int]}, or None for bad entries."""
     if not isinstance(cfg, dict):
@@ -128,14 +128,15 @@ def parse_gnd(path: Path, cfg: Any, problems: Problems) -> tuple[list[str], list
         raise AnnotationError(path, "expected a list with one dict per query", key="gnd")
     if len(gnd) != len(qimlist):
         raise AnnotationError(path, f"{len(gnd)} entries for {len(qimlist)} queries in qimlist", key="gnd")
-    entries: list[dict] = []
+    entries: list[dict | None] = []
     for q, entry in enumerate(gnd):
         where = f"gnd[{q}]"
         if not isinstance(entry, dict):
             problems.annotation(path, f"expected a dict, got {type(entry).__name__}", key=where)
             entries.append(None)
             continue
-        parsed: dict | None = {}
+        fields: dict = {}
+        parsed: dict | None = fields
         for key in GND_KEYS:
             indices = _as_index_list(entry.get(key)) if key in entry else None
             if indices is None:
@@ -147,7 +148,7 @@ def parse_gnd(path: Path, cfg: Any, problems: Problems) -> tuple[list[str], list
                 problems.annotation(path, f"index {bad[0]} outside imlist (0..{len(imlist) - 1})", key=f"{where}['{key}']")
                 parsed = None
                 break
-            parsed[key] = indices
+            fields[key] = indices
         if parsed is not None:
             box = _as_box(entry.get("bbx"))
             if box is None:

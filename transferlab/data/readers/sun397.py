@@ -59,7 +59,7 @@ def read_sun397(
     class_file = _find_optional(root, partitions)
     declared: list[str] | None = None
     lines = problems.lines(class_file) if class_file is not None else None
-    if lines is not None:
+    if class_file is not None and lines is not None:
         declared = []
         for number, line in lines:
             name = line.strip()
@@ -100,7 +100,7 @@ def read_sun397(
         entries[split_name] = (list_file, rows)
 
     found = sorted({cls for _, rows in entries.values() for cls, _ in rows})
-    if declared is not None:
+    if class_file is not None and declared is not None:
         task.classes = declared
         task.notes.append(f"class order from {class_file.name}")
     else:

@@ -140,7 +140,7 @@ def read_voc2012_actions(root: Path | None, *, problems: Problems | None = None)
         )
         split = Split(split_name, paths, labels, boxes)
         task.splits[split_name] = split
-        for k in np.flatnonzero(~(labels == 1).any(axis=0)):
+        for k in map(int, np.flatnonzero(~(labels == 1).any(axis=0))):
             problems.annotation(
                 action_dir / f"{ACTIONS[k]}_{set_name}.txt",
                 f"action {ACTIONS[k]} has no positive person",
