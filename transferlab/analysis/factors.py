@@ -308,10 +308,12 @@ def best_values(summaries: list[TaskSummary], distances: dict[str, float],
             standard_value = table.standard_values.get(name)
             standard_cell = table.cell(name, standard_value) if name in table.standard_values else None
             standard_score = standard_cell.value if standard_cell is not None else None
-            gain = top - standard_score if standard_score is not None and math.isfinite(standard_score) else None
+            gain = (top - standard_score if top is not None and standard_score is not None
+                    and math.isfinite(standard_score) else None)
             gain_low = gain_high = None
             chosen = table.cell(name, tied[0])
-            if items and gain is not None and chosen is not None and chosen.row is not standard_cell.row:
+            if (items and gain is not None and chosen is not None and standard_cell is not None
+                    and chosen.row is not standard_cell.row):
                 diff = paired_difference(chosen.row, standard_cell.row, items)
                 if math.isfinite(diff.low):
                     gain_low, gain_high = diff.low, diff.high

@@ -61,6 +61,8 @@ def item_data(metric: str, labels: np.ndarray, scores: np.ndarray | None = None,
     if metric in PER_QUERY:
         return {"per_query": np.asarray(per_query, dtype=np.float64)}
     if metric in SINGLE_LABEL:
+        if scores is None:
+            raise ValueError(f"metric {metric}: item_data needs the scores")
         y = np.asarray(labels, dtype=np.int64)
         return {"labels": y, "correct": np.argmax(scores, axis=1) == y}
     if metric in SCORED:
@@ -69,7 +71,7 @@ def item_data(metric: str, labels: np.ndarray, scores: np.ndarray | None = None,
         if y.ndim == 1:  # single-label task scored with an AP metric: one-vs-rest
             binary = -np.ones(s.shape, dtype=np.int8)
             binary[np.arange(len(y)), y] = 1
-            y = binary
+            return {"labels": binary, "scores": s}
         return {"labels": y.astype(np.int8), "scores": s}
     raise ValueError(f"no bootstrap for metric {metric!r}")
 

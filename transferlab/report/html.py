@@ -369,8 +369,8 @@ def _reduction_interval(s: TaskSummary) -> tuple[float, float] | None:
     d, std = s.difference, s.standard
     if d is None or std is None or not (math.isfinite(d.low) and math.isfinite(d.high)):
         return None
-    ends = [error_reduction(s.metric, std["value"], std["value"] + x) for x in (d.low, d.high)]
-    return None if any(e is None for e in ends) else (min(ends), max(ends))
+    ends = [e for x in (d.low, d.high) if (e := error_reduction(s.metric, std["value"], std["value"] + x)) is not None]
+    return (min(ends), max(ends)) if len(ends) == 2 else None
 
 
 def _repeats_table(summaries: list[TaskSummary]) -> str:
@@ -519,7 +519,7 @@ def _factor_value_table(
     metric_of = {s.task.name: s.metric + (" †" if table.modes[s.task.name] == "best" else "") for s in shown}
     best: dict[str, set[str]] = {}  # task -> keys of its best value(s), ties included
     for s in shown:
-        present = [(v, table.cell(s.task.name, v)) for v in values if table.cell(s.task.name, v)]
+        present = [(v, c) for v in values if (c := table.cell(s.task.name, v))]
         finite = [(v, c) for v, c in present if has_validation(c.row)]
         if finite:  # the best value on validation (the test number is only reported)
             pick = max if higher_better(s.metric) else min

@@ -258,7 +258,11 @@ def source_task_reading(chosen: dict[str, str], tasks: list[str], grid: dict, re
     near = [t for t in tasks if TARGET_NEAR.get(t) in ("object", "scene")]
     if not near:
         return "no reading: no target task near the object or the scene source (e.g. fashion_mnist, scene_categories)."
-    wins, losses, ties, keeps, misses = [], [], [], {}, {}
+    wins: list[str] = []
+    losses: list[str] = []
+    ties: list[str] = []
+    keeps: dict[str, list[str]] = {}
+    misses: dict[str, list[str]] = {}
     for t in near:
         own, other = chosen[TARGET_NEAR[t]], chosen["scene" if TARGET_NEAR[t] == "object" else "object"]
         a, b = grid.get((own, t)), grid.get((other, t))
@@ -328,8 +332,8 @@ def early_stopping(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     axes = fig.subplots(1, len(tasks), squeeze=False)[0]
     for ax, task in zip(axes, tasks, strict=True):
         for i, (_key, names) in enumerate(sorted(families.items())):
-            points = [(records.get(n, {}).get("val_accuracy"), grid.get((n, task)), n) for n in names]
-            points = [(x, r, n) for x, r, n in points if x is not None and r is not None]
+            points = [(x, r, n) for n in names
+                      if (x := records.get(n, {}).get("val_accuracy")) is not None and (r := grid.get((n, task))) is not None]
             if not points:
                 continue
             xs = [100 * x for x, _, _ in points]
@@ -350,13 +354,12 @@ def early_stopping(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     axes[0].set_ylabel("target test metric (x100)", fontsize=7)
     axes[0].legend(fontsize=6, loc="best")
     png = embed_png(plots.to_png(fig), "early stopping: transfer vs source validation accuracy")
-    body, labels = [], []
+    labels: list[tuple[str, str]] = []
     for names in families.values():
         for n in names:
             labels.append((n, f"{esc(n)}"))
     table = _value_table(labels, tasks, grid, records, extra={n: [_acc(records.get(n))] for n, _ in labels},
                          extra_header=["source val acc"])
-    del body
     return ("<h3>Early stopping</h3><figure>" + png + "<figcaption>Snapshots of one training run (@epoch): x = the "
             "snapshot's own accuracy on its source validation split, y = transfer to each target task at the "
             "study's standard setting (error bars: 95% interval when the rows carry one). The paper found transfer "

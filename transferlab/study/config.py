@@ -114,12 +114,12 @@ class FinetuneConfig(_Strict):
 class Factors(_Strict):
     """Values to try for each post-learning factor; the first value is the standard one."""
 
-    layers: list[int | str] = Field(default_factory=lambda: [-1])
+    layers: list[int | str] = Field(default_factory=lambda: list[int | str]([-1]))
     pooling: list[str] = Field(default_factory=lambda: ["avg"])
     normalisation: list[str] = Field(default_factory=lambda: ["l2"])
     pca_dims: list[NonNegativeInt] = Field(default_factory=lambda: [0])
     views: list[str] = Field(default_factory=lambda: ["orig"])
-    finetune: list[Literal["off", "on"]] = Field(default_factory=lambda: ["off"])
+    finetune: list[Literal["off", "on"]] = Field(default_factory=lambda: list[Literal["off", "on"]](["off"]))
 
     @field_validator("pooling")
     @classmethod

@@ -187,8 +187,8 @@ def source_records(config: StudyConfig) -> dict[str, dict[str, Any]]:
     for source, factors, entry in trained_entries(config):
         out[source.name] = _record(source, factors, entry, near_chance)
     for source in config.sources:
-        factors = concat_factors(source.spec, config)
-        if factors is None:
+        concat = concat_factors(source.spec, config)
+        if concat is None:
             continue
         members = []
         for member in concat_members(source.spec) or []:
@@ -199,10 +199,10 @@ def source_records(config: StudyConfig) -> dict[str, dict[str, Any]]:
         out[source.name] = {
             "source": source.name, "spec": source.spec, "kind": "concat",
             "source_task": [t for m in members for t in m["source_task"]],
-            "arch": factors["arch"], "width": factors["width"], "snapshot": factors["snapshot"],
+            "arch": concat["arch"], "width": concat["width"], "snapshot": concat["snapshot"],
             "epochs": None, "images": sum(m["images"] or 0 for m in members),
             "classes": sum(m["classes"] or 0 for m in members),
-            "images_per_class": factors["images_per_class"],
+            "images_per_class": concat["images_per_class"],
             "parameters": sum(m["parameters"] or 0 for m in members),
             "val_accuracy": None if None in accuracies else min(accuracies),
             "near_chance": any(m["near_chance"] for m in members),

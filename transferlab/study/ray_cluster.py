@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import sys
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -161,7 +162,7 @@ def probe_roots(roots: list[str], token: str, node_id: str) -> list[str]:
     return problems
 
 
-def check_shared_store(roots: list[str | Path]) -> list[dict[str, Any]]:
+def check_shared_store(roots: Sequence[str | Path]) -> list[dict[str, Any]]:
     """Every alive node writes and reads back a probe file under each root (the cache and
     the FeatureStore): a node that cannot see the driver's storage is named in one line,
     before any compute. Returns the nodes checked."""
@@ -182,7 +183,7 @@ def check_shared_store(roots: list[str | Path]) -> list[dict[str, Any]]:
     nodes = alive_nodes()
     probe = ray.remote(num_cpus=0, max_retries=1)(_probe_node)
     refs = {probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["node_id"], soft=False))
-            .remote(roots, token): n for n in nodes}
+            .remote([str(r) for r in roots], token): n for n in nodes}
     problems: list[str] = []
     try:
         ready, waiting = ray.wait(list(refs), num_returns=len(refs), timeout=PROBE_TIMEOUT_S)

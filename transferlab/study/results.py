@@ -530,7 +530,8 @@ def _pack_items(items: dict[str, Any]) -> bytes:
     import numpy as np
 
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, **{k: np.asarray(v) for k, v in items.items()})
+    arrays: dict[str, Any] = {k: np.asarray(v) for k, v in items.items()}
+    np.savez_compressed(buffer, **arrays)
     data = buffer.getvalue()
     return hashlib.sha256(data).digest()[:8] + data
 
