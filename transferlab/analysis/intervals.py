@@ -55,7 +55,7 @@ def _draw_counts(n_items: int, seed: int, n_resamples: int) -> np.ndarray:
     return np.bincount(flat, minlength=n_resamples * n_items).reshape(n_resamples, n_items).astype(np.float32)
 
 
-def item_data(metric: str, labels: np.ndarray, scores: np.ndarray | None = None,
+def item_data(metric: str, labels: np.ndarray | None, scores: np.ndarray | None = None,
               per_query: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """The per-item numbers the metric is recomputed from (what a row stores)."""
     if metric in PER_QUERY:

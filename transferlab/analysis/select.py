@@ -85,12 +85,13 @@ class Selection:
     @property
     def best(self) -> Candidate | None:
         """The probed candidate with the best measured metric (the recommendation)."""
-        probed = [c for c in self.probed if math.isfinite(c.probe)]
-        return max(probed, key=lambda c: c.probe) if probed else None
+        scored = [(c.probe, c) for c in self.probed if c.probe is not None and math.isfinite(c.probe)]
+        return max(scored, key=lambda pc: pc[0])[1] if scored else None
 
     def agreement(self) -> dict[str, Any] | None:
         """Score vs probe over the probed candidates (meaningful with ``full``)."""
-        return agreement([c.score for c in self.probed], [c.probe for c in self.probed])
+        pairs = [(c.score, c.probe) for c in self.probed if c.probe is not None]
+        return agreement([sc for sc, _ in pairs], [pr for _, pr in pairs])
 
     def to_dict(self) -> dict[str, Any]:
         probed = self.probed
@@ -235,7 +236,7 @@ def score_features(x: np.ndarray, y: np.ndarray, score: str) -> tuple[float, lis
 def score_candidates(task: TaskData, features: dict[str, TaskFeatures], candidates: list[Candidate],
                      score: str) -> list[str]:
     """Fill ``score`` of every candidate (NaN with a note when the features have no variance)."""
-    notes = []
+    notes: list[str] = []
     for c in candidates:
         x, y = train_arrays(task, features[c.source], c)
         c.dim = int(x.shape[1])

@@ -127,15 +127,23 @@ def default_windows() -> list[tuple[float, float, float, float]]:
 
 # ------------------------------------------------------------------------------ registry
 class LayerLike(Protocol):
-    """What pooling needs to know about a layer (``sources.base.Layer`` has all of it)."""
+    """What pooling needs to know about a layer (``sources.base.Layer`` has all of it);
+    read-only, so frozen dataclasses satisfy it."""
 
-    name: str
-    channels: int
-    kind: str
-    layout: str
-    grid: tuple[int, int] | None
-    prefix_tokens: int
-    class_token: bool
+    @property
+    def name(self) -> str: ...
+    @property
+    def channels(self) -> int: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def layout(self) -> str: ...
+    @property
+    def grid(self) -> tuple[int, int] | None: ...
+    @property
+    def prefix_tokens(self) -> int: ...
+    @property
+    def class_token(self) -> bool: ...
 
 
 GridFn = Callable[..., torch.Tensor]  # (grid (B,C,H,W), prefix (B,P,C) | None, windows) -> (B, D)
@@ -294,7 +302,7 @@ class _MapLayer:
         self.channels = int(x.shape[1])
         self.kind = "map" if x.dim() == 4 else "vector"
         self.layout = "NCHW" if x.dim() == 4 else "NC"
-        self.grid = tuple(x.shape[2:]) if x.dim() == 4 else None
+        self.grid: tuple[int, int] | None = (int(x.shape[2]), int(x.shape[3])) if x.dim() == 4 else None
         self.prefix_tokens = 0
         self.class_token = False
 

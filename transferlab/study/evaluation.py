@@ -10,6 +10,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -22,6 +23,15 @@ from transferlab.features.postprocess import L2Normalize, build_postprocess
 from transferlab.study.config import ProbeConfig, RetrievalConfig
 from transferlab.study.plan import Job, Setting
 from transferlab.study.results import ResultRow
+
+
+class Features(Protocol):
+    """What an evaluation reads: a study source's features on one task (FeatureSource), or a
+    repeat's view of them (ResplitFeatures, PartitionFeatures)."""
+
+    def layer_name(self, layer: int | str) -> str: ...
+    def split(self, name: str, layer: int | str, pooling: str, view: str = "orig") -> np.ndarray: ...
+    def kept(self, name: str) -> np.ndarray: ...
 
 
 @dataclass
@@ -61,7 +71,7 @@ class FeatureSource:
         return common
 
 
-def _view_features(features: FeatureSource, split: str, setting: Setting, train: bool):
+def _view_features(features: Features, split: str, setting: Setting, train: bool):
     """Rows for one split: 'orig', or with 'orig+flip' the flipped copies added (train) or
     averaged in (test), as the paper's augmentation does."""
     orig = features.split(split, setting.layer, setting.pooling, "orig")
@@ -73,7 +83,7 @@ def _view_features(features: FeatureSource, split: str, setting: Setting, train:
     return (orig + flip) / 2.0, 1
 
 
-def evaluate_probe_job(job: Job, task: TaskData, features: FeatureSource, probe: ProbeConfig,
+def evaluate_probe_job(job: Job, task: TaskData, features: Features, probe: ProbeConfig,
                        metric: str, seed: int = 0, transferability: bool = True) -> ResultRow:
     """Fit the linear probe on train (C chosen on val if present), score test. With
     ``transferability`` the row also carries LogME and 1-NN of the train features (the study
@@ -232,7 +242,7 @@ def _all_class_scores(scores: np.ndarray, classes: np.ndarray, n_classes: int) -
     return full
 
 
-def evaluate_retrieval_job(job: Job, task: TaskData, features: FeatureSource, config: RetrievalConfig,
+def evaluate_retrieval_job(job: Job, task: TaskData, features: Features, config: RetrievalConfig,
                            metric: str, whiten_features: np.ndarray | None = None, seed: int = 0) -> ResultRow:
     """Rank the database for every query and score it with the task's own protocol."""
     from transferlab.heads import retrieval as R
@@ -257,7 +267,7 @@ def evaluate_retrieval_job(job: Job, task: TaskData, features: FeatureSource, co
         else:
             ranking = R.rank(q, d, metric=config.metric)
     ranking = db_kept[ranking]  # back to dataset indices when unreadable images were skipped
-    metrics = evaluate_retrieval(metric, ranking, task.queries, len(task.splits["db"]))
+    metrics = evaluate_retrieval(metric, ranking, task.queries or [], len(task.splits["db"]))
     seconds = time.perf_counter() - start
     started = time.perf_counter()
     per_query = np.asarray(metrics["per_query"], dtype=np.float64)
@@ -366,7 +376,7 @@ class ResplitFeatures:
     pooled and dealt out again, seeded, with each split's size (and, single-label, each
     split's count per class) kept. No image is forwarded again."""
 
-    def __init__(self, base: FeatureSource, assignment: dict[str, np.ndarray]):
+    def __init__(self, base: Features, assignment: dict[str, np.ndarray]):
         self.base = base
         self.assignment = assignment
         self.names = [s for s in CLASSIFICATION_SPLITS if s in assignment]
@@ -386,7 +396,7 @@ class PartitionFeatures:
     """The features of an official alternative partition (SUN397's ``train_p02``...) under the
     names the evaluation asks for (``train``, ``test``)."""
 
-    def __init__(self, base: FeatureSource, names: dict[str, str]):
+    def __init__(self, base: Features, names: dict[str, str]):
         self.base = base
         self.names = names
 
@@ -400,7 +410,7 @@ class PartitionFeatures:
         return self.base.kept(self.names.get(name, name))
 
 
-def partition_repeat(task: TaskData, features: FeatureSource, split: int) -> tuple[TaskData, PartitionFeatures]:
+def partition_repeat(task: TaskData, features: Features, split: int) -> tuple[TaskData, PartitionFeatures]:
     """Repeat ``split`` of a task read with extra partitions: its ``split``-th extra partition
     (splits ``train_pNN``/``test_pNN`` in reading order) as ``train``/``test``."""
     from dataclasses import replace as dc_replace
@@ -415,7 +425,7 @@ def partition_repeat(task: TaskData, features: FeatureSource, split: int) -> tup
     return dc_replace(task, splits=splits), PartitionFeatures(features, names)
 
 
-def repeat_split(task: TaskData, features: FeatureSource, split: int, seed: int = 0) -> tuple[TaskData, FeatureSource]:
+def repeat_split(task: TaskData, features: Features, split: int, seed: int = 0) -> tuple[TaskData, Features]:
     """The data of repeat ``split`` (> 0): the next official partition where the task was read
     with them, a seeded re-deal of its images otherwise."""
     if any(name.startswith("train_p") for name in task.splits):
@@ -423,7 +433,7 @@ def repeat_split(task: TaskData, features: FeatureSource, split: int, seed: int 
     return resplit(task, features, split, seed)
 
 
-def resplit(task: TaskData, features: FeatureSource, split: int, seed: int = 0) -> tuple[TaskData, ResplitFeatures]:
+def resplit(task: TaskData, features: Features, split: int, seed: int = 0) -> tuple[TaskData, ResplitFeatures]:
     """The ``split``-th seeded re-split of a classification task (split 0 is the task's own)."""
     from dataclasses import replace as dc_replace
 

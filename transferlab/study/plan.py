@@ -194,7 +194,7 @@ def concat_members(spec: str) -> list[str] | None:
 def settings_for(config: StudyConfig, retrieval: bool) -> list[tuple[Setting, bool]]:
     """(setting, is_standard) pairs: one-at-a-time from the standard, or the full grid."""
     f = config.factors
-    values = {
+    values: dict[str, list[Any]] = {
         "layer": f.layers, "pooling": f.pooling, "normalisation": f.normalisation,
         "pca": f.pca_dims, "views": ["orig"] if retrieval else f.views,  # retrieval ranks orig only
         "finetune": ["off"] if retrieval else f.finetune,
@@ -231,36 +231,36 @@ def make_plan(config: StudyConfig, check_layers: bool = True) -> Plan:
     specs: dict[str, TaskSpec] = {}
     task_ids: dict[str, str] = {}
     source_ids: dict[str, str] = {}
-    for entry in config.tasks:
+    for task_entry in config.tasks:
         try:
-            spec = get_task(entry.name)
+            spec = get_task(task_entry.name)
         except TransferlabError as exc:
-            problems.append(f"tasks.{entry.name}: {exc}")
+            problems.append(f"tasks.{task_entry.name}: {exc}")
             continue
-        specs[entry.name] = spec
-        root = config.task_root(entry)
-        options = dict(entry.options)
+        specs[task_entry.name] = spec
+        root = config.task_root(task_entry)
+        options = dict(task_entry.options)
         if spec.builtin and config.quick:
             options.setdefault("quick", True)
         if spec.repeat_mode == "partitions" and config.execution.repeats > 1:
             options.setdefault("extra_partitions", config.execution.repeats - 1)
         if not spec.builtin and root is None:
-            problems.append(f"tasks.{entry.name}: needs a root (tasks: [{{name: {entry.name}, root: DIR}}] or data_root)")
+            problems.append(f"tasks.{task_entry.name}: needs a root (tasks: [{{name: {task_entry.name}, root: DIR}}] or data_root)")
             continue
         try:
-            tasks[entry.name] = load_task(entry.name, root, **options)
-            task_ids[entry.name] = task_fingerprint(tasks[entry.name], options)
+            tasks[task_entry.name] = load_task(task_entry.name, root, **options)
+            task_ids[task_entry.name] = task_fingerprint(tasks[task_entry.name], options)
         except TransferlabError as exc:
             if spec.builtin and root is None:  # e.g. dataset-fashion-mnist not installed
-                notes.append(f"skipped built-in task {entry.name}: {exc}")
-                print(f"transferlab: skipping built-in task {entry.name}: {exc}", file=sys.stderr)
-                del specs[entry.name]
+                notes.append(f"skipped built-in task {task_entry.name}: {exc}")
+                print(f"transferlab: skipping built-in task {task_entry.name}: {exc}", file=sys.stderr)
+                del specs[task_entry.name]
                 continue
-            problems.append(f"tasks.{entry.name}: {exc}")
+            problems.append(f"tasks.{task_entry.name}: {exc}")
     if config.retrieval.whiten_on and config.retrieval.whiten_on not in specs:
         problems.append(f"retrieval.whiten_on: {config.retrieval.whiten_on} must also be listed under tasks")
 
-    sources = {}
+    sources: dict[str, SourceEntry] = {}
     usable: dict[str, dict[str, frozenset[str]]] = {}  # source -> layer spec -> poolings it gives
     unpoolable: dict[str, list[str]] = {}  # pooling -> why each source's layers cannot give it
     learning: dict[str, dict[str, Any]] = {}
@@ -274,9 +274,9 @@ def make_plan(config: StudyConfig, check_layers: bool = True) -> Plan:
             usable[entry.name] = {str(layer): frozenset(config.factors.pooling) for layer in config.factors.layers}
     finetuned = {e.name for e, f, t in trained if t.finetune and f["snapshot"] == t.epochs}
     for entry in config.sources:  # Concat of trained networks: a learning-factor source too
-        factors = concat_factors(entry.spec, config)
-        if factors is not None:
-            learning[entry.name] = factors
+        concat = concat_factors(entry.spec, config)
+        if concat is not None:
+            learning[entry.name] = concat
     for entry in [*config.sources, *(e for e, _, t in trained if t not in untrained)]:
         if entry.name in sources:
             problems.append(f"sources: {entry.name} is listed twice")

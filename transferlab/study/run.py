@@ -321,6 +321,8 @@ def _whitening_features(plan: Plan, pool, source_name: str, cache, execution):
     """Database features of the held-out task named by ``retrieval.whiten_on`` (e.g. Paris
     for Oxford); the whitening of each job is fit on them with the job's layer/pooling."""
     held_out = plan.config.retrieval.whiten_on
+    if held_out is None:
+        raise TransferlabError("retrieval.whiten_on names no task")  # callers check it first
     feats, _, _ = pool.run_extraction(extract_pair, _source_specs(plan, source_name), plan.tasks[held_out],
                                       plan.layers, plan.poolings, ["orig"], cache, execution)
     return feats
