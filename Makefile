@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench clean datasets
+.PHONY: setup demo test lint typecheck bench clean datasets
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -26,8 +26,11 @@ setup: $(STAMP) datasets
 demo: setup
 	$(BIN)/transferlab demo
 
-test: setup
+test: setup typecheck
 	$(BIN)/python -m pytest -q
+
+typecheck: setup  # mypy on the core packages ([tool.mypy] files in pyproject.toml), ~25 s cold
+	$(BIN)/python -m mypy
 
 lint: setup
 	$(BIN)/ruff check transferlab tests benchmarks

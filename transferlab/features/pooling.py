@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Protocol
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -107,22 +108,40 @@ def windows_pool(x: torch.Tensor, windows: list) -> torch.Tensor:
     return torch.stack([x[:, :, y:y + h, c:c + w].amax(dim=(2, 3)) for y, c, h, w in cells], dim=1)
 
 
+def spatial_windows(levels: Sequence[int] = (1, 2, 3), overlap: float = 0.5) -> np.ndarray:
+    """Sub-windows (R, 4) as normalised boxes (x1, y1, x2, y2) in [0, 1], full image first.
+
+    Level l tiles the image with l x l windows of side 1 / (l - (l - 1) * overlap) of the
+    image's width and height, consecutive windows overlapping by ``overlap`` of a side (with
+    overlap 0.5, side 2 / (l + 1), as in Razavian et al.). Level 1 is the full image, which
+    is always the first window (added if 1 is not in ``levels``). Order: level by level,
+    rows top to bottom, windows left to right. (1, 2, 3) gives 14 windows, (1, 2, 3, 4) 30.
+    """
+    if not 0.0 <= float(overlap) < 1.0:
+        raise TransferlabError(f"overlap must be in [0, 1), not {overlap!r}")
+    lv = []
+    for level in levels:
+        if isinstance(level, bool) or not isinstance(level, (int, np.integer)) or level < 1:
+            raise TransferlabError(f"levels entry must be an integer >= 1, not {level!r}")
+        lv.append(int(level))
+    if len(set(lv)) != len(lv):
+        raise TransferlabError(f"levels must be distinct, got {list(levels)}")
+    boxes: list[tuple[float, float, float, float]] = [(0.0, 0.0, 1.0, 1.0)]
+    for level in lv:
+        if level == 1:
+            continue
+        side = 1.0 / (level - (level - 1) * overlap)
+        step = side * (1.0 - overlap)
+        starts = [min(i * step, 1.0 - side) for i in range(level)]
+        for y in starts:
+            for x in starts:
+                boxes.append((x, y, min(1.0, x + side), min(1.0, y + side)))
+    return np.asarray(boxes, dtype=np.float32)
+
+
 def default_windows() -> list[tuple[float, float, float, float]]:
     """Sub-windows for spatial search: whole image, then 2x2 and 3x3 grids overlapping by half."""
-    try:
-        from transferlab.heads.retrieval import spatial_windows
-    except ImportError:
-        spatial_windows = None
-    if spatial_windows is not None:
-        return [tuple(map(float, w)) for w in spatial_windows()]
-    out = [(0.0, 0.0, 1.0, 1.0)]
-    for level in (2, 3):
-        side = 2.0 / (level + 1)
-        step = (1.0 - side) / (level - 1)
-        for i in range(level):
-            for j in range(level):
-                out.append((j * step, i * step, j * step + side, i * step + side))
-    return out
+    return [(float(a), float(b), float(c), float(d)) for a, b, c, d in spatial_windows()]
 
 
 # ------------------------------------------------------------------------------ registry

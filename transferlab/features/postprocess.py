@@ -45,6 +45,9 @@ def check_features(X: object, name: str = "X") -> np.ndarray:
 class Transformer(Protocol):
     """What a post-processing step provides."""
 
+    @property
+    def spec(self) -> str: ...
+
     def fit(self, X: np.ndarray, y: object = None) -> Transformer: ...
 
     def transform(self, X: np.ndarray) -> np.ndarray: ...
@@ -56,6 +59,11 @@ class _Stateless:
     """Base for steps with nothing to learn: ``fit`` only records the input width."""
 
     n_features_in_: int | None = None
+
+    @property
+    def spec(self) -> str:
+        """The step's compact name (``l2``, ``power``)."""
+        raise NotImplementedError
 
     def fit(self, X: np.ndarray, y: object = None) -> _Stateless:
         self.n_features_in_ = check_features(X).shape[1]
@@ -74,7 +82,9 @@ class _Stateless:
 class L2Normalize(_Stateless):
     """Scale each row to unit Euclidean norm; all-zero rows stay zero."""
 
-    spec = "l2"
+    @property
+    def spec(self) -> str:
+        return "l2"
 
     def _apply(self, X: np.ndarray) -> np.ndarray:
         norms = np.sqrt(np.einsum("ij,ij->i", X, X, dtype=np.float64))

@@ -24,7 +24,7 @@ descriptors; see ``spatial_search_distances``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -32,6 +32,7 @@ import torch
 
 from transferlab.device import resolve_device
 from transferlab.errors import TransferlabError
+from transferlab.features.pooling import spatial_windows  # noqa: F401 - the geometry's owner; part of this API
 
 Metric = Literal["cosine", "l2"]
 METRICS = ("cosine", "l2")
@@ -497,33 +498,6 @@ def retrieve(
 
 
 # ----------------------------------------------------------------------------- spatial search
-
-
-def spatial_windows(levels: Sequence[int] = (1, 2, 3), overlap: float = 0.5) -> np.ndarray:
-    """Sub-windows (R, 4) as normalised boxes (x1, y1, x2, y2) in [0, 1], full image first.
-
-    Level l tiles the image with l x l windows of side 1 / (l - (l - 1) * overlap) of the
-    image's width and height, consecutive windows overlapping by ``overlap`` of a side (with
-    overlap 0.5, side 2 / (l + 1), as in Razavian et al.). Level 1 is the full image, which
-    is always the first window (added if 1 is not in ``levels``). Order: level by level,
-    rows top to bottom, windows left to right. (1, 2, 3) gives 14 windows, (1, 2, 3, 4) 30.
-    """
-    if not 0.0 <= float(overlap) < 1.0:
-        raise TransferlabError(f"overlap must be in [0, 1), not {overlap!r}")
-    lv = [_positive_int(level, "levels entry", allow_none=False) for level in levels]
-    if len(set(lv)) != len(lv):
-        raise TransferlabError(f"levels must be distinct, got {list(levels)}")
-    boxes: list[tuple[float, float, float, float]] = [(0.0, 0.0, 1.0, 1.0)]
-    for level in lv:
-        if level == 1:
-            continue
-        side = 1.0 / (level - (level - 1) * overlap)
-        step = side * (1.0 - overlap)
-        starts = [min(i * step, 1.0 - side) for i in range(level)]
-        for y in starts:
-            for x in starts:
-                boxes.append((x, y, min(1.0, x + side), min(1.0, y + side)))
-    return np.asarray(boxes, dtype=np.float32)
 
 
 def _windows_pair(
