@@ -66,8 +66,14 @@ _LOADED = False
 
 
 def register(spec: TaskSpec) -> TaskSpec:
+    """Add a task; a name is registered once (a second registration is an error naming both
+    readers, never a silent overwrite)."""
     if spec.group not in GROUPS:
         raise ValueError(f"task {spec.name}: group must be one of {sorted(GROUPS)}")
+    if spec.name in TASKS and TASKS[spec.name] is not spec:
+        first = TASKS[spec.name].reader
+        raise TransferlabError(f"task {spec.name} is registered twice: by {first.__module__}.{first.__qualname__} "
+                               f"and by {spec.reader.__module__}.{spec.reader.__qualname__}")
     TASKS[spec.name] = spec
     return spec
 
@@ -80,11 +86,7 @@ def _ensure_loaded() -> None:
     import importlib
 
     for module in ("transferlab.data.readers", "transferlab.data.builtin"):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
+        importlib.import_module(module)  # both exist: a failure is a real error, not a missing task
 
 
 def all_tasks() -> list[TaskSpec]:

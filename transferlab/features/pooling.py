@@ -213,7 +213,19 @@ _SPATIAL = frozenset({"map", "tokens"})
 _ALL = frozenset(LAYER_KINDS)
 _TOKENS = frozenset({"tokens"})
 
-POOLING_REGISTRY: dict[str, Pooling] = {p.name: p for p in [
+POOLING_REGISTRY: dict[str, Pooling] = {}
+
+
+def register_pooling(pooling: Pooling) -> Pooling:
+    """Add a pooling: its name, function, output width, the layer kinds it applies to and its
+    fineness come from this one entry. A name is registered once (a second one is an error)."""
+    if pooling.name in POOLING_REGISTRY:
+        raise TransferlabError(f"pooling {pooling.name!r} is registered twice")
+    POOLING_REGISTRY[pooling.name] = pooling
+    return pooling
+
+
+for _pooling in [
     Pooling("avg", lambda g, p, w: avg_pool(g), _ALL, 1, "global average (patch tokens only; identity on vectors)"),
     Pooling("max", lambda g, p, w: max_pool(g), _ALL, 1, "global max (patch tokens only; identity on vectors)"),
     Pooling("gem", lambda g, p, w: gem_pool(g), _SPATIAL, 1, "generalised mean, p = 3"),
@@ -226,7 +238,8 @@ POOLING_REGISTRY: dict[str, Pooling] = {p.name: p for p in [
     Pooling("cls", _cls, _TOKENS, 1, "the class token", needs_class_token=True),
     Pooling("cls+avg", _cls_avg, _TOKENS, 1, "class token and patch-token average concatenated "
             "(DINOv2's linear protocol)", needs_class_token=True, width=2),
-]}
+]:
+    register_pooling(_pooling)
 POOLINGS = tuple(POOLING_REGISTRY)
 """The named poolings; ``gridK`` for any K >= 1 is accepted too."""
 

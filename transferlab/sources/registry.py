@@ -36,7 +36,14 @@ _KIND_MODULES = ("transferlab.heads.finetune", "transferlab.sources.train", "tra
 
 
 def register_source_kind(prefix: str, factory: SourceFactory, description: str) -> None:
-    """Let another module provide sources named ``PREFIX:ARG`` (or just ``PREFIX``)."""
+    """Let another module provide sources named ``PREFIX:ARG`` (or just ``PREFIX``); a prefix
+    is registered once (a second registration is an error naming both factories)."""
+    if prefix in _KINDS and _KINDS[prefix][0] is not factory:
+        first = _KINDS[prefix][0]
+        raise TransferlabError(f"source kind {prefix!r} is registered twice: by {first.__module__}.{first.__qualname__} "
+                               f"and by {factory.__module__}.{factory.__qualname__}")
+    if prefix in BUILTIN_SOURCES:
+        raise TransferlabError(f"source kind {prefix!r} would hide the built-in source of that name")
     _KINDS[prefix] = (factory, description)
 
 

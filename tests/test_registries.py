@@ -1,0 +1,52 @@
+"""One owner per vocabulary: a name is registered once; a second registration is an error
+naming both registrants, never a silent overwrite."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from transferlab.errors import TransferlabError
+
+
+def test_a_task_name_registered_twice_is_an_error_naming_both_readers():
+    from transferlab.data.tasks import TASKS, get_task, register
+
+    digits = get_task("digits")
+    register(digits)  # the same entry again (a re-import) is harmless
+    other = replace(digits, reader=lambda root=None, **options: None)
+    with pytest.raises(TransferlabError, match=r"task digits is registered twice: by .*read_digits and by .*<lambda>"):
+        register(other)
+    assert TASKS["digits"] is digits
+
+
+def test_a_source_kind_registered_twice_is_an_error():
+    from transferlab.sources.registry import _KINDS, register_source_kind, source_kinds
+
+    assert "trained" in source_kinds()
+    factory, description = _KINDS["trained"]
+    register_source_kind("trained", factory, description)  # same factory: harmless
+    with pytest.raises(TransferlabError, match="source kind 'trained' is registered twice"):
+        register_source_kind("trained", lambda spec, weights: None, "another")
+    with pytest.raises(TransferlabError, match="would hide the built-in source"):
+        register_source_kind("efficientnet_lite0", lambda spec, weights: None, "shadow")
+    assert _KINDS["trained"][0] is factory and "efficientnet_lite0" not in _KINDS
+
+
+def test_a_pooling_registered_twice_is_an_error():
+    from transferlab.features.pooling import POOLING_REGISTRY, register_pooling
+
+    avg = POOLING_REGISTRY["avg"]
+    with pytest.raises(TransferlabError, match="pooling 'avg' is registered twice"):
+        register_pooling(replace(avg, description="another average"))
+    assert POOLING_REGISTRY["avg"] is avg
+
+
+def test_every_benchmark_reader_registers_its_task():
+    from transferlab.data.tasks import all_tasks
+
+    benchmarks = {t.name for t in all_tasks() if not t.builtin}
+    assert {"voc2007", "mit67", "sun397", "sun_attributes", "apascal", "h3d", "pets", "cub", "flowers",
+            "voc2012_actions", "stanford40", "visual_phrases", "holidays", "ukbench", "oxford5k",
+            "roxford5k"} <= benchmarks
