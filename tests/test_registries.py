@@ -50,3 +50,36 @@ def test_every_benchmark_reader_registers_its_task():
     assert {"voc2007", "mit67", "sun397", "sun_attributes", "apascal", "h3d", "pets", "cub", "flowers",
             "voc2012_actions", "stanford40", "visual_phrases", "holidays", "ukbench", "oxford5k",
             "roxford5k"} <= benchmarks
+
+
+def test_extract_a_concat_source_exports_the_members_side_by_side_and_probe_reads_it(tmp_path, capsys):
+    """`transferlab extract --source "concat:[a,b]"`: one array per (layer, pooling) whose width is
+    the members' widths added, rows in the same image order, readable by `probe --features`."""
+    import json
+
+    import numpy as np
+
+    from transferlab.cli import main
+
+    a, b = "timm:mobilenetv3_small_050", "timm:resnet10t"
+    common = ["--data", "digits", "--quick", "--layers=-1,-2", "--pool", "avg,max", "--weights", "none",
+              "--cache", str(tmp_path / "cache"), "--no-progress"]
+    for name, spec in (("a", a), ("b", b), ("ab", f"concat:[{a}, {b}]")):
+        assert main(["extract", "--source", spec, *common, "--out", str(tmp_path / name)]) == 0
+    capsys.readouterr()
+    manifest = json.loads((tmp_path / "ab" / "manifest.json").read_text())
+    assert manifest["arch"] == "concat" and [m["source"] for m in manifest["members"]] == [a, b]
+    for layer_a, layer_b in zip(json.loads((tmp_path / "a" / "manifest.json").read_text())["layers"],
+                                json.loads((tmp_path / "b" / "manifest.json").read_text())["layers"], strict=True):
+        for split in ("train", "test"):
+            for pool in ("avg", "max"):
+                x = np.load(tmp_path / "a" / split / f"{layer_a['name']}__{pool}.npy")
+                y = np.load(tmp_path / "b" / split / f"{layer_b['name']}__{pool}.npy")
+                both = np.load(tmp_path / "ab" / split / f"{layer_a['name']}+{layer_b['name']}__{pool}.npy")
+                np.testing.assert_array_equal(both, np.concatenate([x, y], axis=1))
+    assert (tmp_path / "ab" / "train" / "items.csv").read_text() == (tmp_path / "a" / "train" / "items.csv").read_text()
+    assert main(["probe", "--features", str(tmp_path / "ab"), "--layer", "-1", "--pool", "avg", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert 0.0 <= result["value"] <= 1.0
+    assert main(["extract", "--source", f"concat:[{a}]", *common]) != 0
+    assert "a concatenation needs at least two sources" in capsys.readouterr().err

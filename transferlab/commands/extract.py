@@ -33,7 +33,8 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
 
 
 def add_source_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--source", required=True, help="built-in name, timm:ARCH, torchvision:ARCH, finetuned:PATH, ...")
+    p.add_argument("--source", required=True, help="built-in name, timm:ARCH, torchvision:ARCH, finetuned:PATH, ..., "
+                   "or concat:[A,B] (the members' features side by side)")
     p.add_argument("--weights", help="weights file for timm:/torchvision: sources, or 'none' for random init")
 
 
@@ -64,24 +65,45 @@ def add_resolution_argument(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from transferlab.data.generic import load_dataset
     from transferlab.data.tasks import load_task
-    from transferlab.features.export import export_features, extract_task
+    from transferlab.errors import TransferlabError
+    from transferlab.features.export import export_concat, export_features, extract_task
     from transferlab.features.pooling import validate_pooling
     from transferlab.features.store import FeatureStore
     from transferlab.sources import load_source
+    from transferlab.sources.concat import concat_members
 
     for pooling in parse_csv_list(args.pool):  # a bad name fails before any data or model loads
         validate_pooling(pooling)
     options = {"quick": True} if args.quick else {}
     task = load_task(args.data, args.root, **options) if args.root else load_dataset(args.data, any_layout=True, **options)
-    source = load_source(args.source, args.weights, resolution=args.resolution)
     store = FeatureStore(args.cache) if args.cache else FeatureStore()
-    extracted = extract_task(
-        source, task, layers=parse_csv_list(args.layers), poolings=parse_csv_list(args.pool),
-        views=parse_csv_list(args.views), splits=parse_csv_list(args.splits) if args.splits else None,
-        store=store, device=args.device, batch_size=args.batch_size, num_workers=args.workers,
-        on_bad_image=args.on_bad_image, progress=not args.no_progress, jpeg_draft=args.jpeg_draft,
-        compile_model=args.compile,
-    )
+    members = concat_members(args.source)
+    if members is not None and args.weights not in (None, "none"):
+        raise TransferlabError("--weights names one network's file; a concat:[...] source takes only "
+                               "--weights none (random init for every member)")
+    extracted_members = []
+    for spec in members or [args.source]:
+        source = load_source(spec, args.weights, resolution=args.resolution)
+        extracted = extract_task(
+            source, task, layers=parse_csv_list(args.layers), poolings=parse_csv_list(args.pool),
+            views=parse_csv_list(args.views), splits=parse_csv_list(args.splits) if args.splits else None,
+            store=store, device=args.device, batch_size=args.batch_size, num_workers=args.workers,
+            on_bad_image=args.on_bad_image, progress=not args.no_progress, jpeg_draft=args.jpeg_draft,
+            compile_model=args.compile,
+        )
+        extracted_members.append((source, extracted))
+    if members is not None:
+        manifest = export_concat(args.source, extracted_members, task, args.out)
+        if args.json:
+            print_json(manifest)
+            return 0
+        for name, n in manifest["splits"].items():
+            print(f"  {name}: {n} images (kept by every member)")
+        print(f"{args.source}: {len(manifest['layers'])} layers x {len(manifest['poolings'])} poolings of "
+              f"{len(members)} members side by side; features cached in {store.root}")
+        if args.out:
+            print(f"exported to {args.out} (manifest.json, <split>/items.csv, <split>/<layer>__<pool>.npy)")
+        return 0
     manifest = export_features(source, task, extracted, args.out) if args.out else extracted.manifest(source, task)
     if args.json:
         print_json(manifest)

@@ -72,8 +72,8 @@ def task_and_features(args: argparse.Namespace, layer, pooling: str, views: list
     from transferlab.features.export import extract_task
     from transferlab.features.store import FeatureStore
     from transferlab.sources import load_source
+    from transferlab.sources.concat import concat_members
     from transferlab.study.evaluation import FeatureSource
-    from transferlab.study.plan import concat_members
 
     if not args.source or not args.task:
         raise TransferlabError("give --source and --task (or --features DIR)")

@@ -132,3 +132,68 @@ def export_features(source: Source, task: TaskData, features: TaskFeatures, out:
     manifest = features.manifest(source, task)
     atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2))
     return manifest
+
+
+def export_concat(spec: str, members: Sequence[tuple[Source, TaskFeatures]], task: TaskData,
+                  out: str | Path | None) -> dict:
+    """Export a ``concat:[a, b, ...]`` source: per split the images every member kept, and for
+    each requested layer (paired by position: ``-1`` of each member) and pooling every member
+    gives, the members' arrays side by side, named ``<layer a>+<layer b>``. The manifest is
+    read by ``probe --features`` like any other; ``members`` records each member's own one."""
+    if out is not None:
+        out = Path(out)
+        if out.exists() and not out.is_dir():
+            raise TransferlabError(f"--out {out} is a file, not a folder; give a folder (it is created if missing)")
+    first = members[0][1]
+    layer_sets = [feats.layers for _, feats in members]
+    if len({len(layers) for layers in layer_sets}) != 1:
+        raise TransferlabError(f"{spec}: the members resolve to different numbers of layers")
+    pairs = [(k, p) for k in range(len(first.layers)) for p in first.poolings
+             if all(pooling_applies(layers[k], p) for layers in layer_sets)]
+    names = ["+".join(layers[k].name for layers in layer_sets) for k in range(len(first.layers))]
+    all_splits = image_splits(task)
+    splits_written: dict[str, int] = {}
+    dims: dict[str, list[int]] = {}
+    for split_name in first.splits:
+        kept_sets = [feats.splits[split_name].kept for _, feats in members]
+        common = kept_sets[0]
+        for kept in kept_sets[1:]:
+            common = np.intersect1d(common, kept)
+        rows = [np.searchsorted(kept, common) for kept in kept_sets]  # each member's rows of the common images
+        splits_written[split_name] = int(len(common))
+        for k, p in pairs:
+            for view in first.views:
+                parts = [np.asarray(feats.splits[split_name].get(feats.layers[k], p, view), dtype=np.float32)[r]
+                         for (_, feats), r in zip(members, rows, strict=True)]
+                if len({part.shape[1:-1] for part in parts}) != 1:
+                    raise TransferlabError(f"{spec}: {p} of layer {names[k]} has a different shape per member "
+                                           f"({', '.join(str(part.shape[1:]) for part in parts)})")
+                array = np.concatenate(parts, axis=-1)
+                dims[f"{names[k]}__{p}"] = list(array.shape[1:])
+                if out is not None:
+                    suffix = "" if view == "orig" else f"__{view}"
+                    atomic_save_npy(out / split_name / f"{names[k]}__{p}{suffix}.npy", array)
+        if out is not None:
+            split = all_splits[split_name]
+            buffer = io.StringIO()
+            writer = csv.writer(buffer, lineterminator="\n")
+            writer.writerow(["path", "label"])
+            for i in common:
+                writer.writerow([split.paths[i], label_text(task, split.labels, int(i))])
+            atomic_write_text(out / split_name / "items.csv", buffer.getvalue())
+    manifests = [feats.manifest(source, task) for source, feats in members]
+    layers = [{"index": first.layers[k].index, "name": names[k],
+               "channels": sum(layers[k].channels for layers in layer_sets)} for k in range(len(first.layers))]
+    skipped = sorted({path for m in manifests for paths in m["skipped"].values() for path in paths})
+    manifest = {
+        **manifests[0],
+        "source": spec, "arch": "concat", "weights": [m["weights"] for m in manifests],
+        "preprocessing": [m["preprocessing"] for m in manifests], "pixels": [m["pixels"] for m in manifests],
+        "layers": layers, "poolings": sorted({p for _, p in pairs}, key=first.poolings.index),
+        "dims": dims, "splits": splits_written,
+        "skipped": {"any member": skipped} if skipped else {},
+        "members": manifests,
+    }
+    if out is not None:
+        atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2))
+    return manifest

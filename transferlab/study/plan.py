@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import re
 import sys
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -18,13 +17,11 @@ from typing import Any
 from transferlab.data.base import TaskData, image_splits
 from transferlab.data.tasks import TaskSpec, get_task, load_task
 from transferlab.errors import TransferlabError
+from transferlab.sources.concat import concat_members  # noqa: F401 - re-exported for the study modules
 from transferlab.study.config import SourceEntry, StudyConfig
 from transferlab.study.results import job_key_of
 
 FACTOR_NAMES = ("layer", "pooling", "normalisation", "pca", "views", "finetune", "qe")
-CONCAT = re.compile(r"^concat:\[(.+)\]$")
-
-
 @dataclass(frozen=True)
 class Setting:
     """One value of every post-learning factor."""
@@ -182,13 +179,6 @@ def repeatable(spec: TaskSpec) -> bool:
     """Tasks with more than one split to evaluate: re-dealt (the built-in classification
     tasks, SUN Attributes) or official alternative partitions (SUN397)."""
     return bool(spec.repeat_mode)
-
-
-def concat_members(spec: str) -> list[str] | None:
-    match = CONCAT.match(spec.strip())
-    if not match:
-        return None
-    return [part.strip() for part in match.group(1).split(",") if part.strip()]
 
 
 def settings_for(config: StudyConfig, retrieval: bool) -> list[tuple[Setting, bool]]:
