@@ -52,7 +52,7 @@ def test_list_json(capsys):
     assert (
         by_name["voc2007"]["metric"] == "voc07_map" and by_name["voc2007"]["kind"] == "multilabel"
     )
-    assert by_name["sun397"]["options"] == {"partition": 1}
+    assert by_name["sun397"]["options"] == {"partition": 1, "extra_partitions": 0}
     assert by_name["h3d"]["group_name"] == "attribute detection"
     assert all(r["layout"] for r in rows)
 
