@@ -124,7 +124,7 @@ def test_show_rejects_unknown_options_and_names(tmp_path, capsys):
     code, _, err = run(
         capsys, "tasks", "show", "sun397", "--root", str(tmp_path), "-o", "partitoin=2"
     )
-    assert code == 2 and "unknown option(s) partitoin (accepted: partition)" in err
+    assert code == 2 and "unknown option(s) partitoin (accepted: extra_partitions, partition)" in err
     code, _, err = run(
         capsys, "tasks", "show", "sun397", "--root", str(tmp_path), "-o", "partition"
     )
