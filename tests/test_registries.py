@@ -83,3 +83,26 @@ def test_extract_a_concat_source_exports_the_members_side_by_side_and_probe_read
     assert 0.0 <= result["value"] <= 1.0
     assert main(["extract", "--source", f"concat:[{a}]", *common]) != 0
     assert "a concatenation needs at least two sources" in capsys.readouterr().err
+
+
+def test_a_metric_is_one_registry_entry_that_evaluate_and_direction_read(monkeypatch):
+    import numpy as np
+
+    from transferlab import evaluate as E
+
+    with pytest.raises(TransferlabError, match="metric 'accuracy' is registered twice"):
+        E.register_metric(E.METRICS["accuracy"])
+
+    def error_rate(y, s, n_classes):
+        wrong = float(np.mean(np.argmax(s, axis=1) != y))
+        return {"error_rate": wrong}, {"error_rate": []}
+
+    spec = E.MetricSpec("error_rate", "classification", "fraction misclassified", error_rate, higher_is_better=False)
+    monkeypatch.setitem(E.METRICS, "error_rate", spec)
+    monkeypatch.setitem(E.PROTOCOLS, "error_rate", spec.protocol)
+    out = E.evaluate_classification("error_rate", np.array([0, 1, 1]), np.array([[1.0, 0], [0, 1], [1, 0]]))
+    assert out["error_rate"] == pytest.approx(1 / 3) and out["per_class"] == []
+    assert E.higher_is_better("error_rate") is False and E.metric_kind("error_rate") == "classification"
+    assert E.higher_is_better("accuracy") is True and E.metric_range("ukb_score") == (0.0, 4.0)
+    with pytest.raises(TransferlabError, match="is a classification metric"):
+        E.evaluate_retrieval("error_rate", np.zeros((0, 1), np.int64), [], 1)

@@ -9,12 +9,17 @@ Result dicts are flat: ``{metric_name: value, companion_name: value, ...}`` with
 values, plus one list under ``"per_class"`` (classification: the main metric for every
 class / attribute, nan where skipped) or ``"per_query"`` (retrieval: AP of every query, nan
 where it has no positive; N-S count for UKBench; Medium AP for revisited).
+
+Every metric is one ``MetricSpec`` in ``METRICS`` (``register_metric``): its kind, protocol
+text, range, direction and the function that computes it with its companions. ``PROTOCOLS``,
+``higher_is_better``, ``metric_range`` and ``metric_kind`` all read that one entry.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 
@@ -22,40 +27,49 @@ from transferlab import metrics as M
 from transferlab.data.base import Query
 from transferlab.errors import TransferlabError
 
-CLASSIFICATION_METRICS = ("voc07_map", "map", "mean_class_accuracy", "accuracy", "mean_auc")
-RETRIEVAL_METRICS = ("oxford_map", "revisited_map", "holidays_map", "ukb_score")
 
-PROTOCOLS: dict[str, str] = {
-    "voc07_map": "mean over classes of 11-point interpolated AP, PASCAL VOC2007 devkit VOCevalcls.m (difficult ignored)",
-    "map": "mean over classes of non-interpolated AP (mean precision at each positive; sklearn average_precision_score without ties)",
-    "mean_class_accuracy": "mean over classes of per-class accuracy of the arg-max prediction (MIT Indoor 67, fine-grained sets)",
-    "accuracy": "fraction of images whose arg-max prediction is the true class (SUN397)",
-    "mean_auc": "mean over attributes of ROC AUC, ties count one half (sklearn roc_auc_score; unknown labels ignored)",
-    "oxford_map": "mean AP over queries, good+ok positive, junk removed, trapezoidal rule of Oxford's compute_ap.cpp",
-    "revisited_map": "revisited Oxford/Paris kit (revisitop compute_map): mAP for Easy, Medium, Hard; headline value is Medium",
-    "holidays_map": "INRIA Holidays holidays_map.py: query removed from its own results, trapezoid AP, mean over queries",
-    "ukb_score": "UKBench N-S score: mean number of the query's group (query included) in its top 4, 0..4",
-}
+@dataclass(frozen=True)
+class MetricSpec:
+    """One metric: ``compute`` gets (labels, scores (n, K), n_classes) for classification and
+    returns ({name: value} with companions, {name: per-class list}); for retrieval it gets
+    (ranking, queries, positives, db_size) and returns the result dict with ``per_query``."""
 
-_RANGES: dict[str, tuple[float, float]] = {name: (0.0, 1.0) for name in PROTOCOLS}
-_RANGES["ukb_score"] = (0.0, 4.0)
+    name: str
+    kind: Literal["classification", "retrieval"]
+    protocol: str
+    compute: Callable[..., Any]
+    worst: float = 0.0
+    best: float = 1.0
+    higher_is_better: bool = True
 
 
-def _check_metric(metric: str) -> None:
-    if metric not in PROTOCOLS:
-        raise TransferlabError(f"unknown metric {metric!r}; known metrics: {', '.join(PROTOCOLS)}")
+METRICS: dict[str, MetricSpec] = {}
+PROTOCOLS: dict[str, str] = {}  # name -> protocol text, kept in step with METRICS
+
+
+def register_metric(spec: MetricSpec) -> MetricSpec:
+    """Add a metric; a name is registered once (a second registration is an error)."""
+    if spec.name in METRICS:
+        raise TransferlabError(f"metric {spec.name!r} is registered twice")
+    METRICS[spec.name] = spec
+    PROTOCOLS[spec.name] = spec.protocol
+    return spec
+
+
+def _check_metric(metric: str) -> MetricSpec:
+    if metric not in METRICS:
+        raise TransferlabError(f"unknown metric {metric!r}; known metrics: {', '.join(METRICS)}")
+    return METRICS[metric]
 
 
 def higher_is_better(metric: str) -> bool:
-    """Every protocol here is a score (larger = better)."""
-    _check_metric(metric)
-    return True
+    return _check_metric(metric).higher_is_better
 
 
 def metric_range(metric: str) -> tuple[float, float]:
     """(worst, best) attainable value: (0, 1) for APs, accuracies and AUC; (0, 4) for UKBench."""
-    _check_metric(metric)
-    return _RANGES[metric]
+    spec = _check_metric(metric)
+    return spec.worst, spec.best
 
 
 def error_of(metric: str, value: float) -> float:
@@ -67,8 +81,7 @@ def error_of(metric: str, value: float) -> float:
 
 def metric_kind(metric: str) -> str:
     """'classification' (scores in) or 'retrieval' (ranking in)."""
-    _check_metric(metric)
-    return "retrieval" if metric in RETRIEVAL_METRICS else "classification"
+    return _check_metric(metric).kind
 
 
 # --------------------------------------------------------------------------- classification
@@ -113,6 +126,38 @@ def _binary_matrix(labels: np.ndarray, n_classes: int) -> np.ndarray:
     return y
 
 
+def _ap_family(metric: str) -> Callable[..., Any]:
+    """voc07_map / map / mean_auc, with ``map`` as companion (and voc07_map beside map)."""
+
+    def compute(y: np.ndarray, s: np.ndarray, n_classes: int) -> tuple[dict[str, float], dict[str, list[float]]]:
+        yb = _binary_matrix(y, n_classes)
+        per: dict[str, list[float]] = {"voc07_map": [], "map": [], "mean_auc": []}
+        values: dict[str, float] = {}
+        if metric == "mean_auc":
+            values["mean_auc"] = M.mean_auc(s, yb, per_class=per["mean_auc"])
+        else:
+            values["voc07_map"] = M.mean_average_precision(s, yb, M.voc07_ap, per_class=per["voc07_map"])
+        values["map"] = M.mean_average_precision(s, yb, M.average_precision, per_class=per["map"])
+        return values, per
+
+    return compute
+
+
+def _accuracy_family(metric: str) -> Callable[..., Any]:
+    """accuracy / mean_class_accuracy of the arg-max prediction, each the other's companion."""
+
+    def compute(y: np.ndarray, s: np.ndarray, n_classes: int) -> tuple[dict[str, float], dict[str, list[float]]]:
+        yt = _single_labels(y, n_classes)
+        pred = np.argmax(s, axis=1)
+        classes, accs = M.per_class_accuracy(yt, pred)
+        full = np.full(n_classes, np.nan)
+        full[classes] = accs
+        values = {"mean_class_accuracy": float(accs.mean()), "accuracy": M.accuracy(yt, pred)}
+        return values, {metric: full.tolist()}
+
+    return compute
+
+
 def evaluate_classification(metric: str, labels: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
     """Score decision values with the task's protocol.
 
@@ -124,30 +169,13 @@ def evaluate_classification(metric: str, labels: np.ndarray, scores: np.ndarray)
     ``voc07_map`` and vice versa, ``map`` with ``mean_auc``, ``accuracy`` with
     ``mean_class_accuracy`` and vice versa.
     """
-    _check_metric(metric)
-    if metric in RETRIEVAL_METRICS:
+    spec = _check_metric(metric)
+    if spec.kind != "classification":
         raise TransferlabError(f"{metric} is a retrieval metric: use evaluate_retrieval")
     y = np.asarray(labels)
     s = _scores_matrix(scores, len(y))
-    n_classes = s.shape[1]
     try:
-        if metric in ("voc07_map", "map", "mean_auc"):
-            yb = _binary_matrix(y, n_classes)
-            per: dict[str, list[float]] = {"voc07_map": [], "map": [], "mean_auc": []}
-            values: dict[str, float] = {}
-            if metric == "mean_auc":
-                values["mean_auc"] = M.mean_auc(s, yb, per_class=per["mean_auc"])
-            else:
-                values["voc07_map"] = M.mean_average_precision(s, yb, M.voc07_ap, per_class=per["voc07_map"])
-            values["map"] = M.mean_average_precision(s, yb, M.average_precision, per_class=per["map"])
-        else:
-            yt = _single_labels(y, n_classes)
-            pred = np.argmax(s, axis=1)
-            classes, accs = M.per_class_accuracy(yt, pred)
-            full = np.full(n_classes, np.nan)
-            full[classes] = accs
-            values = {"mean_class_accuracy": float(accs.mean()), "accuracy": M.accuracy(yt, pred)}
-            per = {metric: full.tolist()}
+        values, per = spec.compute(y, s, s.shape[1])
     except M.MetricInputError as exc:
         raise TransferlabError(f"{metric}: {exc}") from None
     # the protocol's own number first, then companions, then the per-class list
@@ -229,44 +257,74 @@ def evaluate_retrieval(metric: str, ranking: np.ndarray, queries: Sequence[Query
     - ``holidays_map``: ``Query.db_index`` is dropped from the query's own results.
     - ``ukb_score``: groups from ``ukb_groups``; ``per_query`` holds each query's 0..4 count.
     """
-    _check_metric(metric)
-    if metric not in RETRIEVAL_METRICS:
+    spec = _check_metric(metric)
+    if spec.kind != "retrieval":
         raise TransferlabError(f"{metric} is a classification metric: use evaluate_classification")
     r = _ranking(ranking, len(queries), db_size)
     positives = [_indices(q.positives, db_size, f"query {i} ({q.name}) positives") for i, q in enumerate(queries)]
     try:
-        if metric == "oxford_map":
-            junk = [_indices(q.junk, db_size, f"query {i} ({q.name}) junk") for i, q in enumerate(queries)]
-            aps = M.retrieval_aps(r, positives, junk, db_size=db_size)
-            return {"oxford_map": M.mean_over_queries(aps, "the mAP"), "per_query": aps.tolist()}
-        if metric == "holidays_map":
-            own = [q.db_index for q in queries]
-            junk = [np.zeros(0, np.int64) if i is None else np.array([int(i)]) for i in own]
-            aps = M.retrieval_aps(r, positives, junk, db_size=db_size)
-            return {"holidays_map": M.mean_over_queries(aps, "the Holidays mAP"), "per_query": aps.tolist()}
-        if metric == "revisited_map":
-            gnd = []
-            for i, q in enumerate(queries):
-                if q.easy is None or q.hard is None:
-                    raise TransferlabError(
-                        f"revisited_map: query {i} ({q.name}) has no easy/hard ground truth"
-                    )
-                gnd.append({
-                    "easy": _indices(q.easy, db_size, f"query {i} ({q.name}) easy"),
-                    "hard": _indices(q.hard, db_size, f"query {i} ({q.name}) hard"),
-                    "junk": _indices(q.junk, db_size, f"query {i} ({q.name}) junk"),
-                })
-            aps_by = M.revisited_aps(r.T, gnd)
-            res = {k: M.mean_over_queries(v, f"the {k} mAP") for k, v in aps_by.items()}
-            return {"revisited_map": res["medium"], **res, "per_query": aps_by["medium"].tolist()}
-        # ukb_score
-        groups, query_groups = ukb_groups(queries, db_size)
-        if r.shape[1] < 4:
-            raise TransferlabError(f"ukb_score needs the top 4 of each ranking, got {r.shape[1]}")
-        counts = (groups[r[:, :4]] == query_groups[:, None]).sum(axis=1)
-        return {
-            "ukb_score": M.ukb_score(r, groups, query_groups),
-            "per_query": counts.astype(np.float64).tolist(),
-        }
+        return spec.compute(r, queries, positives, db_size)
     except M.MetricInputError as exc:
         raise TransferlabError(f"{metric}: {exc}") from None
+
+
+def _oxford_map(r: np.ndarray, queries: Sequence[Query], positives: list, db_size: int) -> dict[str, Any]:
+    junk = [_indices(q.junk, db_size, f"query {i} ({q.name}) junk") for i, q in enumerate(queries)]
+    aps = M.retrieval_aps(r, positives, junk, db_size=db_size)
+    return {"oxford_map": M.mean_over_queries(aps, "the mAP"), "per_query": aps.tolist()}
+
+
+def _holidays_map(r: np.ndarray, queries: Sequence[Query], positives: list, db_size: int) -> dict[str, Any]:
+    own = [q.db_index for q in queries]
+    junk = [np.zeros(0, np.int64) if i is None else np.array([int(i)]) for i in own]
+    aps = M.retrieval_aps(r, positives, junk, db_size=db_size)
+    return {"holidays_map": M.mean_over_queries(aps, "the Holidays mAP"), "per_query": aps.tolist()}
+
+
+def _revisited_map(r: np.ndarray, queries: Sequence[Query], positives: list, db_size: int) -> dict[str, Any]:
+    gnd = []
+    for i, q in enumerate(queries):
+        if q.easy is None or q.hard is None:
+            raise TransferlabError(f"revisited_map: query {i} ({q.name}) has no easy/hard ground truth")
+        gnd.append({
+            "easy": _indices(q.easy, db_size, f"query {i} ({q.name}) easy"),
+            "hard": _indices(q.hard, db_size, f"query {i} ({q.name}) hard"),
+            "junk": _indices(q.junk, db_size, f"query {i} ({q.name}) junk"),
+        })
+    aps_by = M.revisited_aps(r.T, gnd)
+    res = {k: M.mean_over_queries(v, f"the {k} mAP") for k, v in aps_by.items()}
+    return {"revisited_map": res["medium"], **res, "per_query": aps_by["medium"].tolist()}
+
+
+def _ukb_score(r: np.ndarray, queries: Sequence[Query], positives: list, db_size: int) -> dict[str, Any]:
+    groups, query_groups = ukb_groups(queries, db_size)
+    if r.shape[1] < 4:
+        raise TransferlabError(f"ukb_score needs the top 4 of each ranking, got {r.shape[1]}")
+    counts = (groups[r[:, :4]] == query_groups[:, None]).sum(axis=1)
+    return {"ukb_score": M.ukb_score(r, groups, query_groups), "per_query": counts.astype(np.float64).tolist()}
+
+
+# ------------------------------------------------------------------------------- registry
+for _spec in [
+    MetricSpec("voc07_map", "classification", "mean over classes of 11-point interpolated AP, PASCAL VOC2007 devkit "
+               "VOCevalcls.m (difficult ignored)", _ap_family("voc07_map")),
+    MetricSpec("map", "classification", "mean over classes of non-interpolated AP (mean precision at each positive; "
+               "sklearn average_precision_score without ties)", _ap_family("map")),
+    MetricSpec("mean_class_accuracy", "classification", "mean over classes of per-class accuracy of the arg-max "
+               "prediction (MIT Indoor 67, fine-grained sets)", _accuracy_family("mean_class_accuracy")),
+    MetricSpec("accuracy", "classification", "fraction of images whose arg-max prediction is the true class (SUN397)",
+               _accuracy_family("accuracy")),
+    MetricSpec("mean_auc", "classification", "mean over attributes of ROC AUC, ties count one half (sklearn "
+               "roc_auc_score; unknown labels ignored)", _ap_family("mean_auc")),
+    MetricSpec("oxford_map", "retrieval", "mean AP over queries, good+ok positive, junk removed, trapezoidal rule of "
+               "Oxford's compute_ap.cpp", _oxford_map),
+    MetricSpec("revisited_map", "retrieval", "revisited Oxford/Paris kit (revisitop compute_map): mAP for Easy, "
+               "Medium, Hard; headline value is Medium", _revisited_map),
+    MetricSpec("holidays_map", "retrieval", "INRIA Holidays holidays_map.py: query removed from its own results, "
+               "trapezoid AP, mean over queries", _holidays_map),
+    MetricSpec("ukb_score", "retrieval", "UKBench N-S score: mean number of the query's group (query included) in "
+               "its top 4, 0..4", _ukb_score, best=4.0),
+]:
+    register_metric(_spec)
+CLASSIFICATION_METRICS = tuple(m.name for m in METRICS.values() if m.kind == "classification")
+RETRIEVAL_METRICS = tuple(m.name for m in METRICS.values() if m.kind == "retrieval")
