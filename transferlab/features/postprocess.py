@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
 
 from transferlab.errors import TransferlabError
 
@@ -55,7 +56,7 @@ class Transformer(Protocol):
     def fit_transform(self, X: np.ndarray, y: object = None) -> np.ndarray: ...
 
 
-class _Stateless:
+class _Stateless(TransformerMixin, BaseEstimator):
     """Base for steps with nothing to learn: ``fit`` only records the input width."""
 
     n_features_in_: int | None = None
@@ -101,7 +102,7 @@ class PowerNormalize(_Stateless):
     def __init__(self, alpha: float = 0.5):
         if not (np.isfinite(alpha) and alpha > 0):
             raise TransferlabError(f"PowerNormalize: alpha must be a positive number, got {alpha!r}")
-        self.alpha = float(alpha)
+        self.alpha = alpha  # as given: sklearn's clone and get_params see the constructor's arguments
 
     @property
     def spec(self) -> str:
@@ -114,7 +115,7 @@ class PowerNormalize(_Stateless):
         return f"PowerNormalize(alpha={self.alpha:g})"
 
 
-class PCA:
+class PCA(TransformerMixin, BaseEstimator):
     """Exact PCA to ``dim`` components, optionally whitened; fit on training data only.
 
     Statistics are accumulated in float64: the (d, d) covariance when n >= d, otherwise the
@@ -132,9 +133,9 @@ class PCA:
             raise TransferlabError(f"PCA: dim must be a positive integer, got {dim!r}")
         if not (np.isfinite(eps) and eps >= 0):
             raise TransferlabError(f"PCA: eps must be a non-negative number, got {eps!r}")
-        self.dim = int(dim)
-        self.whiten = bool(whiten)
-        self.eps = float(eps)
+        self.dim = dim  # as given (validated above): clone and get_params see the constructor's arguments
+        self.whiten = whiten
+        self.eps = eps
 
     @property
     def spec(self) -> str:
