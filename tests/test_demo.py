@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 from transferlab.cli import main
 from transferlab.study.results import ResultStore
 
 
+@pytest.mark.slow
 def test_quick_demo_runs_end_to_end_and_writes_the_report(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 0

@@ -45,6 +45,7 @@ def test_probe_bad_inputs_are_one_line(capsys):
     assert "use `transferlab retrieve`" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_retrieve_with_query_expansion_and_spatial_search(capsys):
     plain = run_json(capsys, ["retrieve", "--source", "efficientnet_lite0", "--task", "photo_copies", "--quick",
                               "--pool", "rmac", "--no-progress", "--json"])

@@ -23,6 +23,7 @@ from transferlab.study.results import ResultStore
 from transferlab.study.run import run_study
 
 pytest.importorskip("ray")
+pytestmark = pytest.mark.slow  # a real two-raylet cluster: ~2 min for the module
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = {

@@ -184,6 +184,7 @@ def test_second_study_in_same_run_dir_is_refused(finished_run):
             run_study(parse_config(tiny_config()), run_dir, progress=False)
 
 
+@pytest.mark.slow
 def test_ray_executor_gives_the_same_results(finished_run, tmp_path):
     pytest.importorskip("ray")
     run_dir, _ = finished_run
