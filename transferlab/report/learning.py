@@ -445,7 +445,7 @@ def finetune_table(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
                 gain = sign * (on["value"] - off["value"])
                 gains.append((t, gain))
             body.append([f'<th class="rowhead">{esc(t)}</th>',
-                         f'<td>{esc(str(tasks_meta.get(t, {}).get("distance", "")))}</td>',
+                         f'<td>{esc(_distance_text(tasks_meta.get(t, {}).get("distance")))}</td>',
                          f'<td class="num">{cell_text(off) if off else "—"}</td>',
                          f'<td class="num">{cell_text(on) if on else "—"}</td>',
                          f'<td class="num">{"—" if gain is None else f"{100 * gain:+.1f}"}</td>'])
@@ -502,3 +502,10 @@ def _register() -> None:
 
 
 _register()
+
+
+def _distance_text(distance: object) -> str:
+    """A task's distance rank as written in the task table (101, not 101.0; '' when unknown)."""
+    if isinstance(distance, float) and distance.is_integer():
+        return str(int(distance))
+    return "" if distance is None else str(distance)
