@@ -44,16 +44,17 @@ def evaluate(kind: str, metric: str, problem, with_interval: bool, task: str) ->
     """One row as the study computes it; returns (fit seconds, interval seconds, items)."""
     from transferlab.analysis import intervals as I
     from transferlab.evaluate import evaluate_classification
-    from transferlab.heads.probe import LinearProbe
+    from transferlab.heads.probe import LinearProbe, stack_validation
     from transferlab.study.evaluation import _all_class_scores, _task_scoring
 
     (Xtr, ytr), (Xva, yva), (Xte, yte) = problem
     multilabel = kind == "map"
     start = time.perf_counter()
-    model = LinearProbe(Cs=[0.01, 0.1, 1.0, 10.0], multilabel=multilabel)
+    X, y, split = stack_validation(Xtr, ytr, Xva, yva)  # C chosen on val, refit on train + val
+    model = LinearProbe(Cs=[0.01, 0.1, 1.0, 10.0], multilabel=multilabel, cv=split)
     n_classes = yte.shape[1] if multilabel else 10
     model.scoring = _task_scoring(metric, multilabel, n_classes, model)
-    model.fit(Xtr, ytr, Xva, yva)
+    model.fit(X, y)
     scores = model.decision_function(Xte)
     if not multilabel:
         scores = _all_class_scores(scores, model.classes_, n_classes)

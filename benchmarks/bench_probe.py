@@ -39,7 +39,7 @@ from sklearn.svm import LinearSVC
 
 from transferlab.atomic import atomic_write_text
 from transferlab.features.postprocess import build_postprocess
-from transferlab.heads.probe import LinearProbe, idle_cores
+from transferlab.heads.probe import LinearProbe, idle_cores, stack_validation
 
 RESULTS = Path(__file__).resolve().parent / "results" / "probe.json"
 CS = np.logspace(-2, 2, 7)
@@ -84,7 +84,8 @@ def real(layer: str):
 def time_probe(loss: str, data) -> dict:
     (Xtr, Xva, Xte), (ytr, yva, yte) = data
     start = time.perf_counter()
-    probe = LinearProbe(loss=loss, Cs=CS, device="cpu").fit(Xtr, ytr, Xva, yva)
+    X, y, split = stack_validation(Xtr, ytr, Xva, yva)  # C chosen on val, refit on train + val
+    probe = LinearProbe(loss=loss, Cs=CS, device="cpu", cv=split).fit(X, y)
     seconds = time.perf_counter() - start
     return {"seconds": round(seconds, 3), "C": probe.C_, "val_accuracy": [round(float(s), 4) for s in probe.cv_scores_],
             "test_accuracy": round(probe.score(Xte, yte), 4), **probe.solver_stats_}

@@ -37,8 +37,8 @@ def test_power_normalize_is_signed():
     np.testing.assert_allclose(PowerNormalize(alpha=1.0).transform(X), X)
     np.testing.assert_allclose(PowerNormalize(0.3).transform(np.array([[-8.0]])), [[-(8.0**0.3)]], rtol=1e-6)
     for alpha in (0, -0.5, np.nan):
-        with pytest.raises(TransferlabError, match="alpha"):
-            PowerNormalize(alpha)
+        with pytest.raises(TransferlabError, match="alpha"):  # checked by fit (sklearn: __init__ only stores)
+            PowerNormalize(alpha).fit_transform(X)
 
 
 def test_pca_hand_checked_line():
@@ -110,7 +110,7 @@ def test_pca_bad_input(digits):
     with pytest.raises(TransferlabError, match="call fit"):
         PCA(4).transform(digits)
     with pytest.raises(TransferlabError, match="positive integer"):
-        PCA(0)
+        PCA(0).fit(digits)
     with pytest.raises(TransferlabError, match="fitted on 64-dimensional"):
         PCA(4).fit(digits).transform(digits[:, :10])
     with pytest.raises(TransferlabError, match="at least 2 samples"):

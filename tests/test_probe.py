@@ -13,8 +13,14 @@ from sklearn.svm import LinearSVC
 from threadpoolctl import threadpool_limits
 
 from transferlab.errors import TransferlabError
-from transferlab.heads.probe import LinearProbe
+from transferlab.heads.probe import LinearProbe, stack_validation
 from transferlab.metrics import average_precision
+
+
+def fit_with_val(probe: LinearProbe, X, y, X_val, y_val) -> LinearProbe:
+    """C chosen on (X_val, y_val), then refit on train + val: the probe's validation path."""
+    X_all, y_all, split = stack_validation(X, y, X_val, y_val)
+    return probe.set_params(cv=split).fit(X_all, y_all)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -151,7 +157,7 @@ def test_row_space_reduction_is_exact_for_the_logistic_loss_with_a_free_bias(wid
 def test_row_space_reduction_selects_the_same_C_as_the_sklearn_loop(wide_digits):
     Xtr, ytr, Xva, yva, _, _ = wide_digits
     Cs = [1e-3, 1e-1, 10.0]
-    probe = LinearProbe(Cs=Cs, device="cpu").fit(Xtr, ytr, Xva, yva)
+    probe = fit_with_val(LinearProbe(Cs=Cs, device="cpu"), Xtr, ytr, Xva, yva)
     accuracies = [LinearSVC(C=C, tol=1e-6, max_iter=50000).fit(Xtr, ytr).score(Xva, yva) for C in Cs]
     assert probe.C_ == Cs[int(np.argmax(accuracies))]
     np.testing.assert_allclose(probe.cv_scores_, accuracies, atol=0.005)
@@ -162,8 +168,8 @@ def test_row_space_reduction_selects_the_same_C_as_the_sklearn_loop(wide_digits)
 
 def test_thread_count_changes_rounding_only(relu_digits):
     Xtr, ytr, Xva, yva, Xte, _ = relu_digits
-    one = LinearProbe(Cs=[0.1, 1.0], device="cpu", n_threads=1).fit(Xtr, ytr, Xva, yva)
-    two = LinearProbe(Cs=[0.1, 1.0], device="cpu", n_threads=2).fit(Xtr, ytr, Xva, yva)
+    one = fit_with_val(LinearProbe(Cs=[0.1, 1.0], device="cpu", n_threads=1), Xtr, ytr, Xva, yva)
+    two = fit_with_val(LinearProbe(Cs=[0.1, 1.0], device="cpu", n_threads=2), Xtr, ytr, Xva, yva)
     assert one.solver_stats_["threads"] == 1 and two.solver_stats_["threads"] == 2
     assert one.C_ == two.C_
     np.testing.assert_allclose(one.coef_, two.coef_, atol=1e-4 * np.abs(one.coef_).max())
@@ -242,7 +248,7 @@ def test_balanced_class_weight_matches_binary_linearsvc_per_class(digits):
 def test_validation_selection_picks_the_same_C_as_an_exhaustive_sklearn_loop(digits):
     Xtr, ytr, Xva, yva, _, _ = digits
     Cs = [1e-4, 1e-2, 1.0]
-    probe = LinearProbe(Cs=Cs, device="cpu").fit(Xtr, ytr, Xva, yva)
+    probe = fit_with_val(LinearProbe(Cs=Cs, device="cpu"), Xtr, ytr, Xva, yva)
     accuracies = [LinearSVC(C=C, tol=1e-6, max_iter=50000).fit(Xtr, ytr).score(Xva, yva) for C in Cs]
     assert accuracies[0] < max(accuracies) - 0.05  # a clear case: the smallest C underfits
     assert probe.C_ == Cs[int(np.argmax(accuracies))]
@@ -258,7 +264,7 @@ def test_multilabel_validation_selection_matches_sklearn_loop(digits):
     rng = np.random.default_rng(4)
     Ytr, Yva = multilabel_from_digits(ytr, rng), multilabel_from_digits(yva, rng)
     Cs = [1e-4, 1e-2, 1.0]
-    probe = LinearProbe(Cs=Cs, multilabel=True, device="cpu").fit(Xtr, Ytr, Xva, Yva)
+    probe = fit_with_val(LinearProbe(Cs=Cs, multilabel=True, device="cpu"), Xtr, Ytr, Xva, Yva)
     mean_aps = []
     for C in Cs:
         aps = []
@@ -322,9 +328,9 @@ def test_bad_inputs_raise_clear_errors(digits):
     with pytest.raises(TransferlabError, match="call fit"):
         LinearProbe().predict(Xte)
     with pytest.raises(TransferlabError, match="X_val and y_val"):
-        probe.fit(Xtr, ytr, Xva)
+        stack_validation(Xtr, ytr, Xva, None)
     with pytest.raises(TransferlabError, match="features"):
-        probe.fit(Xtr, ytr, Xva[:, :10], yva)
+        stack_validation(Xtr, ytr, Xva[:, :10], yva)
     with pytest.raises(TransferlabError, match="n_threads"):
         LinearProbe(n_threads=0).fit(Xtr, ytr)
     with pytest.raises(TransferlabError, match="class_weight"):
@@ -335,7 +341,7 @@ def test_classes_missing_from_training_are_reported(digits):
     Xtr, ytr, Xva, yva, Xte, yte = digits
     keep = ytr != 9
     with pytest.raises(TransferlabError, match=r"\[9\].*validation but not in training"):
-        LinearProbe(Cs=[0.1, 1.0], device="cpu").fit(Xtr[keep], ytr[keep], Xva, yva)
+        fit_with_val(LinearProbe(Cs=[0.1, 1.0], device="cpu"), Xtr[keep], ytr[keep], Xva, yva)
     probe = LinearProbe(Cs=[1.0], device="cpu").fit(Xtr[keep], ytr[keep])
     with pytest.raises(TransferlabError, match=r"\[9\] were not in the training labels"):
         probe.score(Xte, yte)

@@ -30,3 +30,11 @@ class BadImageError(TransferlabError):
     def __init__(self, path: str | Path, reason: str):
         self.path = str(path)
         super().__init__(f"{path}: cannot read image ({reason})")
+
+
+class InvalidInput(TransferlabError, ValueError):
+    """Bad data or parameters given to an estimator (the probe, a post-processing step).
+
+    Also a ``ValueError``, which is what scikit-learn's tools (``cross_val_score``, ``Pipeline``,
+    ``check_estimator``) expect from an estimator that rejects its input.
+    """

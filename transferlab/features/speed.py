@@ -31,14 +31,6 @@ def compile_pays(n_forwards: int, source, device: torch.device) -> bool:
     return saving > MARGIN * COMPILE_SECONDS
 
 
-def compile_break_even(source) -> int:
-    """The image count from which ``compile_pays`` says yes (for the docs and the CLI help)."""
-    from transferlab.features.extract import estimate_seconds
-
-    per_image = estimate_seconds(1, source) * COMPILE_GAIN
-    return int(MARGIN * COMPILE_SECONDS / per_image) + 1
-
-
 def has_cxx_compiler() -> bool:
     return any(shutil.which(name) for name in (os.environ.get("CXX", ""), "g++", "c++", "clang++") if name)
 

@@ -195,15 +195,6 @@ class TaskHeads(nn.Module):
         return out
 
 
-def pool_top(top: torch.Tensor) -> torch.Tensor:
-    """The pre-logits vector: global average of a (N, C, H, W) map; vectors pass through."""
-    if top.ndim == 4:
-        return top.float().mean(dim=(2, 3))
-    if top.ndim == 2:
-        return top.float()
-    raise TransferlabError(f"forward_features returned shape {tuple(top.shape)}; need (N, C, H, W) or (N, C)")
-
-
 def joint_loss(features: torch.Tensor, heads: Callable[[int, torch.Tensor], torch.Tensor],
                task_ids: torch.Tensor, labels: torch.Tensor, tasks: Sequence[TaskInfo]) -> tuple[torch.Tensor, int, int]:
     """Mean over the batch of each sample's loss on its own task's head (``heads(t, x)``);

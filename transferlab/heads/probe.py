@@ -30,13 +30,19 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.exceptions import DataConversionWarning
 
 from transferlab.device import resolve_device
-from transferlab.errors import TransferlabError
+from transferlab.errors import InvalidInput
+from transferlab.features.postprocess import NotFitted, check_features, check_width
+
+if TYPE_CHECKING:
+    from sklearn.model_selection import PredefinedSplit
 
 DEFAULT_CS = np.logspace(-3, 3, 13)
 LOSSES = ("squared_hinge", "logistic")
@@ -345,14 +351,17 @@ def _line_search(heads, C, V, z, g, step, Xp, Y, S, max_steps: int = 20):
 # --------------------------------------------------------------------------- estimator
 
 
-class LinearProbe(BaseEstimator):
+class LinearProbe(ClassifierMixin, BaseEstimator):
     """One-vs-rest linear classifier on fixed features, C selected on validation data.
 
     Parameters: ``loss`` "squared_hinge" (LinearSVC) or "logistic" (LogisticRegression);
     ``Cs`` the grid (default ``np.logspace(-3, 3, 13)``); ``multilabel`` for (n, K) labels with
     1 = positive, -1 = negative, 0 = difficult (ignored in training and scoring);
     ``class_weight`` None or "balanced" (per binary head: positives weighted n / (2 n_pos),
-    negatives n / (2 n_neg)); ``cv`` folds when no validation split is given; ``scoring``
+    negatives n / (2 n_neg)); ``cv`` where C is chosen: a number of folds (seeded, stratified
+    k-fold over the rows of ``X``), or a scikit-learn splitter / list of (train, eval) row
+    indices, such as the ``PredefinedSplit`` from :func:`stack_validation` that selects C on a
+    validation split stacked below the training rows; ``scoring``
     ``callable(y_true, scores) -> float`` (higher is better) replacing the default selection
     metric (accuracy, or mean non-interpolated AP for multilabel); ``device`` "auto", "cpu",
     "cuda"...; ``tol`` the solver's relative stopping test; ``seed`` fixes the folds;
@@ -361,8 +370,16 @@ class LinearProbe(BaseEstimator):
     go to the smallest C.
 
     After ``fit``: ``C_``, ``Cs_`` (sorted grid), ``cv_scores_`` (selection metric per C),
-    ``selection_`` ("val", "k-fold" or "none"), ``classes_``, ``coef_`` (K, d),
-    ``intercept_`` (K,), ``n_iter_`` (Newton iterations) and ``solver_stats_``.
+    ``selection_`` ("val" for one split, "k-fold", "k splits" or "none"), ``classes_``,
+    ``coef_`` (K, d), ``intercept_`` (K,), ``n_iter_`` (Newton iterations) and ``solver_stats_``.
+
+    A scikit-learn estimator: ``clone``, ``get_params`` / ``set_params``, ``Pipeline`` and
+    ``cross_val_score`` drive it, and the validation split is a constructor parameter
+    (``cv``), not extra ``fit`` arguments, so a clone or a cross-validation fold carries it
+    and a ``Pipeline`` transforms the validation rows with the training rows. Bad input
+    raises ``InvalidInput`` (a ``TransferlabError`` and a ``ValueError``). Which of
+    ``sklearn.utils.estimator_checks`` pass, and why the others do not apply, is listed in
+    tests/test_estimators.py.
     """
 
     def __init__(
@@ -372,7 +389,7 @@ class LinearProbe(BaseEstimator):
         multilabel: bool = False,
         class_weight: str | None = None,
         device: str = "auto",
-        cv: int = 3,
+        cv: int | Any = 3,
         scoring: Callable[[np.ndarray, np.ndarray], float] | None = None,
         tol: float = 1e-6,
         max_iter: int = 100,
@@ -393,42 +410,30 @@ class LinearProbe(BaseEstimator):
 
     # ---------------------------------------------------------------- public API
 
-    def fit(self, X, y, X_val=None, y_val=None, groups=None) -> LinearProbe:
-        """Choose C (on ``X_val`` if given, else by k-fold on train), then refit with it.
+    def fit(self, X, y, *, groups=None) -> LinearProbe:
+        """Choose C (on the ``cv`` split(s) of ``X``), then refit on all of ``X`` with it.
 
-        With a validation split the final model is refit on train + val. ``groups`` (one id per
-        training row) keeps rows of one group in one fold, e.g. an image and its mirror, so
-        k-fold selection never evaluates on a copy of a training row.
+        ``groups`` (one id per row) keeps rows of one group in one fold, e.g. an image and its
+        mirror, so k-fold selection never evaluates on a copy of a training row; a splitter
+        given as ``cv`` receives it as ``split(X, y, groups)``.
         """
         Cs = self._check_params()
+        X = _check_X(X, "X")
         device = resolve_device(self.device)
         threads = self.n_threads
         if threads is None and device.type == "cpu":
-            n_rows = len(X) + (0 if X_val is None else len(X_val))
-            n_cols = np.shape(X)[1] if np.ndim(X) == 2 else 1
-            threads = 1 if n_rows * n_cols < _SMALL_PROBLEM else _default_threads()
+            threads = 1 if X.size < _SMALL_PROBLEM else _default_threads()
         with _torch_threads(threads):
-            self._fit(Cs, device, X, y, X_val, y_val, groups)
+            self._fit(Cs, device, X, y, groups)
         self.solver_stats_["threads"] = threads if threads is not None else torch.get_num_threads()
         return self
 
-    def _fit(self, Cs, device, X, y, X_val, y_val, groups=None) -> LinearProbe:
-        X = _check_X(X, "X")
-        y = self._check_y(y, len(X), "y")
-        if (X_val is None) != (y_val is None):
-            raise TransferlabError("LinearProbe.fit: give both X_val and y_val, or neither")
-        if X_val is not None:
-            X_val = _check_X(X_val, "X_val")
-            if X_val.shape[1] != X.shape[1]:
-                raise TransferlabError(
-                    f"X_val has {X_val.shape[1]} features but X has {X.shape[1]}"
-                )
-            y_val = self._check_y(y_val, len(X_val), "y_val")
-        Y_all, L_all = self._encode_fit(y, y_val)
-        n_train = len(X)
-        X_all = X if X_val is None else np.concatenate([X, X_val])
-        y_all = y if y_val is None else np.concatenate([y, y_val])
-        Xt = torch.from_numpy(np.ascontiguousarray(X_all)).to(device)
+    def _fit(self, Cs, device, X_all: np.ndarray, y, groups=None) -> LinearProbe:
+        y_all = self._check_y(y, len(X_all), "y")
+        n_rows = len(X_all)
+        splits = None if self._kfold() else self._splits(y_all, groups)
+        Y_all, L_all = self._encode_fit(y_all, splits)
+        Xt = torch.from_numpy(X_all).to(device)
         Yt = torch.from_numpy(Y_all).to(device)
         Lt = torch.from_numpy(L_all).to(device)
         n_classes = Y_all.shape[1]
@@ -448,14 +453,13 @@ class LinearProbe(BaseEstimator):
             self.cv_scores_ = np.full(1, np.nan)
             best_C, V0 = float(Cs[0]), None
         else:
-            rows = np.arange(len(X_all))
-            if X_val is not None:
-                self.selection_ = "val"
-                fold_train = [rows < n_train]
-                fold_eval = [rows >= n_train]
+            if splits is not None:
+                self.selection_ = "val" if len(splits) == 1 else f"{len(splits)} splits"
+                fold_train = [train for train, _ in splits]
+                fold_eval = [held for _, held in splits]
             else:
                 self.selection_ = f"{self.cv}-fold"
-                fold_of = self._folds(y, n_train, groups)
+                fold_of = self._folds(y_all, n_rows, groups)
                 fold_train = [fold_of != k for k in range(self.cv)]
                 fold_eval = [fold_of == k for k in range(self.cv)]
             masks = torch.from_numpy(np.stack(fold_train, 1).astype(np.float32)).to(device)
@@ -480,7 +484,7 @@ class LinearProbe(BaseEstimator):
                 if not np.isnan(scores[i]) and (best_V is None or scores[i] > best_score):
                     best_V, best_score = V, scores[i]
             if np.all(np.isnan(scores)):
-                raise TransferlabError("LinearProbe: the selection metric is undefined for every C")
+                raise InvalidInput("LinearProbe: the selection metric is undefined for every C")
             best = int(np.nanargmax(scores))  # first maximum = smallest C among ties
             self.cv_scores_ = scores
             best_C = float(Cs[best])
@@ -494,15 +498,14 @@ class LinearProbe(BaseEstimator):
         self.C_ = best_C
         self.coef_ = np.ascontiguousarray(V[:-1].T)
         self.intercept_ = V[-1].copy()
-        self.n_features_in_ = X.shape[1]
+        self.n_features_in_ = X_all.shape[1]
         return self
 
     def decision_function(self, X) -> np.ndarray:
         """Scores (n, K), one column per class / label, in ``classes_`` order."""
         self._check_fitted()
         X = _check_X(X, "X")
-        if X.shape[1] != self.n_features_in_:
-            raise TransferlabError(f"LinearProbe: fitted on {self.n_features_in_} features, got {X.shape[1]}")
+        check_width(self, X)
         return (X @ self.coef_.T + self.intercept_).astype(np.float32)
 
     def predict(self, X) -> np.ndarray:
@@ -523,71 +526,127 @@ class LinearProbe(BaseEstimator):
         if not self.multilabel:
             unseen = np.setdiff1d(np.unique(y), self.classes_)
             if len(unseen):
-                raise TransferlabError(
+                raise InvalidInput(
                     f"LinearProbe.score: labels {unseen[:10].tolist()} were not in the training labels"
                 )
         elif y.shape[1] != len(self.classes_):
-            raise TransferlabError(f"LinearProbe.score: y has {y.shape[1]} label columns, trained with {len(self.classes_)}")
+            raise InvalidInput(f"LinearProbe.score: y has {y.shape[1]} label columns, trained with {len(self.classes_)}")
         return _default_score(y, self.decision_function(X), self.classes_, self.multilabel)
 
     # ---------------------------------------------------------------- internals
 
     def _check_params(self) -> np.ndarray:
         if self.loss not in LOSSES:
-            raise TransferlabError(f"LinearProbe: loss must be one of {LOSSES}, got {self.loss!r}")
+            raise InvalidInput(f"LinearProbe: loss must be one of {LOSSES}, got {self.loss!r}")
         if self.class_weight not in (None, "balanced"):
-            raise TransferlabError(f"LinearProbe: class_weight must be None or 'balanced', got {self.class_weight!r}")
-        if isinstance(self.cv, bool) or not isinstance(self.cv, (int, np.integer)) or self.cv < 2:
-            raise TransferlabError(f"LinearProbe: cv must be an integer >= 2, got {self.cv!r}")
+            raise InvalidInput(f"LinearProbe: class_weight must be None or 'balanced', got {self.class_weight!r}")
+        if isinstance(self.cv, bool) or (self._kfold() and self.cv < 2) or not (
+            self._kfold() or hasattr(self.cv, "split") or isinstance(self.cv, (list, tuple))
+        ):
+            raise InvalidInput(
+                "LinearProbe: cv must be a number of folds >= 2, a splitter with split(X, y, groups) "
+                f"(e.g. from stack_validation) or a list of (train, eval) row indices, got {self.cv!r}"
+            )
         if not (self.tol > 0 and self.max_iter >= 1):
-            raise TransferlabError("LinearProbe: tol must be > 0 and max_iter >= 1")
+            raise InvalidInput("LinearProbe: tol must be > 0 and max_iter >= 1")
         if self.n_threads is not None and (isinstance(self.n_threads, bool) or not isinstance(self.n_threads, (int, np.integer)) or self.n_threads < 1):
-            raise TransferlabError(f"LinearProbe: n_threads must be a positive integer or None, got {self.n_threads!r}")
+            raise InvalidInput(f"LinearProbe: n_threads must be a positive integer or None, got {self.n_threads!r}")
         if self.scoring is not None and not callable(self.scoring):
-            raise TransferlabError("LinearProbe: scoring must be callable(y_true, scores) -> float")
+            raise InvalidInput("LinearProbe: scoring must be callable(y_true, scores) -> float")
         Cs = DEFAULT_CS if self.Cs is None else self.Cs
         try:
             Cs = np.asarray(Cs, dtype=np.float64).reshape(-1)
         except (TypeError, ValueError):
-            raise TransferlabError(f"LinearProbe: Cs must be a list of positive numbers, got {self.Cs!r}") from None
+            raise InvalidInput(f"LinearProbe: Cs must be a list of positive numbers, got {self.Cs!r}") from None
         if len(Cs) == 0:
-            raise TransferlabError("LinearProbe: the C grid is empty")
+            raise InvalidInput("LinearProbe: the C grid is empty")
         bad = Cs[~(np.isfinite(Cs) & (Cs > 0))]
         if len(bad):
-            raise TransferlabError(f"LinearProbe: C values must be positive and finite, got {bad.tolist()}")
+            raise InvalidInput(f"LinearProbe: C values must be positive and finite, got {bad.tolist()}")
         return np.unique(Cs)  # sorted ascending: the warm-start path
 
     def _check_y(self, y, n: int, name: str) -> np.ndarray:
+        if y is None:
+            raise InvalidInput(f"LinearProbe requires y to be passed, but the target y is None ({name})")
         y = np.asarray(y)
+        if not self.multilabel and y.ndim == 2 and y.shape[1] == 1:
+            warnings.warn(
+                f"A column-vector y was passed when a 1d array was expected ({name} of shape {y.shape}); "
+                "using y.ravel()",
+                DataConversionWarning,
+                stacklevel=3,
+            )
+            y = y.ravel()
         if len(y) != n:
-            raise TransferlabError(f"{name}: {len(y)} labels for {n} feature rows")
+            raise InvalidInput(f"{name}: {len(y)} labels for {n} feature rows")
         if self.multilabel:
             if y.ndim != 2:
-                raise TransferlabError(f"{name}: multilabel labels must be (n, K) with 1 / -1 / 0, got shape {y.shape}")
+                raise InvalidInput(f"{name}: multilabel labels must be (n, K) with 1 / -1 / 0, got shape {y.shape}")
             if not np.isin(y, (-1, 0, 1)).all():
                 bad = np.setdiff1d(np.unique(y), [-1, 0, 1])
-                raise TransferlabError(f"{name}: multilabel values must be 1, -1 or 0 (difficult), found {bad[:5].tolist()}")
+                raise InvalidInput(f"{name}: multilabel values must be 1, -1 or 0 (difficult), found {bad[:5].tolist()}")
             return y.astype(np.int8)
         if y.ndim != 1:
-            raise TransferlabError(f"{name}: single-label y must be 1-D, got shape {y.shape} (use multilabel=True)")
+            raise InvalidInput(f"{name}: single-label y must be 1-D, got shape {y.shape} (use multilabel=True)")
         if y.dtype.kind == "f" and not np.isfinite(y).all():
-            raise TransferlabError(f"{name}: labels contain NaN/inf (first at row {int(np.argmin(np.isfinite(y)))})")
+            raise InvalidInput(f"{name}: labels contain NaN/inf (first at row {int(np.argmin(np.isfinite(y)))})")
+        if y.dtype.kind == "f" and not np.array_equal(y, np.round(y)):
+            raise InvalidInput(f"{name}: Unknown label type: continuous (class labels must be whole numbers or names)")
         return y
 
-    def _encode_fit(self, y: np.ndarray, y_val: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """+-1 targets and 0/1 'labelled' masks (n, K) for train (+ val) rows."""
-        y_all = y if y_val is None else np.concatenate([y, y_val])
+    def _kfold(self) -> bool:
+        """True when ``cv`` is a number of folds (the probe's own seeded, stratified k-fold)."""
+        return isinstance(self.cv, (int, np.integer))
+
+    def _splits(self, y: np.ndarray, groups) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(train, eval) row masks of each split of a ``cv`` splitter or list of index pairs."""
+        n = len(y)
+        test_fold = getattr(self.cv, "test_fold", None)  # PredefinedSplit: one entry per row
+        if test_fold is not None and len(test_fold) != n:
+            raise InvalidInput(f"LinearProbe: the cv split is for {len(test_fold)} rows, X has {n}")
+        if hasattr(self.cv, "split"):
+            pairs = list(self.cv.split(np.zeros((n, 1)), y, groups))
+        else:
+            pairs = list(self.cv)
+        splits = []
+        for k, pair in enumerate(pairs):
+            try:
+                train_rows, eval_rows = (np.asarray(part).reshape(-1) for part in pair)
+            except (TypeError, ValueError):
+                raise InvalidInput(f"LinearProbe: cv split {k} is not a (train, eval) pair of row indices") from None
+            masks = []
+            for rows in (train_rows, eval_rows):
+                if rows.dtype == bool and len(rows) == n:
+                    rows = np.flatnonzero(rows)
+                if len(rows) == 0 or rows.dtype.kind not in "iu" or rows.min() < 0 or rows.max() >= n:
+                    raise InvalidInput(f"LinearProbe: cv split {k} has empty or out-of-range rows for {n} rows of X")
+                mask = np.zeros(n, dtype=bool)
+                mask[rows] = True
+                masks.append(mask)
+            if not self.multilabel:
+                unseen = np.setdiff1d(np.unique(y[masks[1]]), np.unique(y[masks[0]]))
+                if len(unseen):
+                    raise InvalidInput(
+                        f"y: classes {unseen[:10].tolist()} appear in validation but not in training "
+                        f"(the eval and train rows of cv split {k})"
+                    )
+            splits.append((masks[0], masks[1]))
+        if not splits:
+            raise InvalidInput("LinearProbe: the cv splitter gave no split")
+        return splits
+
+    def _encode_fit(self, y: np.ndarray, splits) -> tuple[np.ndarray, np.ndarray]:
+        """+-1 targets and 0/1 'labelled' masks (n, K) for every row."""
+        train = y if splits is None or len(splits) != 1 else y[splits[0][0]]
         if self.multilabel:
-            if y_val is not None and y_val.shape[1] != y.shape[1]:
-                raise TransferlabError(f"y_val has {y_val.shape[1]} label columns but y has {y.shape[1]}")
-            if not (y == -1).any():
-                raise TransferlabError(
+            if not (train == -1).any():
+                raise InvalidInput(
                     "y: multilabel training labels contain no -1; labels must be 1 = positive, -1 = negative, "
                     "0 = difficult (ignored). For a 0/1 indicator matrix pass 2 * Y - 1"
                 )
             self.classes_ = np.arange(y.shape[1])
             for k in range(y.shape[1]):
-                n_pos, n_neg = int((y[:, k] == 1).sum()), int((y[:, k] == -1).sum())
+                n_pos, n_neg = int((train[:, k] == 1).sum()), int((train[:, k] == -1).sum())
                 if n_pos == 0 or n_neg == 0:
                     warnings.warn(
                         f"LinearProbe: label column {k} has {n_pos} positive and {n_neg} negative training "
@@ -595,22 +654,18 @@ class LinearProbe(BaseEstimator):
                         UserWarning,
                         stacklevel=3,
                     )
-            Y = np.where(y_all == 1, 1.0, -1.0).astype(np.float32)
-            L = (y_all != 0).astype(np.float32)
+            Y = np.where(y == 1, 1.0, -1.0).astype(np.float32)
+            L = (y != 0).astype(np.float32)
             return Y, L
-        classes = np.unique(y)
+        classes = np.unique(train)
         if len(classes) < 2:
-            raise TransferlabError(
-                f"y: the training set has a single class ({classes.tolist()}); a classifier needs at least two"
+            raise InvalidInput(
+                f"y: the training set has a single class ({classes.tolist()}); a classifier needs more than one class"
             )
-        if y_val is not None:
-            extra = np.setdiff1d(np.unique(y_val), classes)
-            if len(extra):
-                raise TransferlabError(f"y_val: classes {extra[:10].tolist()} appear in validation but not in training")
-        self.classes_ = classes
-        idx = np.searchsorted(classes, y_all)
-        Y = -np.ones((len(y_all), len(classes)), dtype=np.float32)
-        Y[np.arange(len(y_all)), idx] = 1.0
+        self.classes_ = np.unique(y)
+        idx = np.searchsorted(self.classes_, y)
+        Y = -np.ones((len(y), len(self.classes_)), dtype=np.float32)
+        Y[np.arange(len(y)), idx] = 1.0
         return Y, np.ones_like(Y)
 
     def _folds(self, y: np.ndarray, n: int, groups=None) -> np.ndarray:
@@ -619,11 +674,11 @@ class LinearProbe(BaseEstimator):
         if groups is not None:
             groups = np.asarray(groups)
             if groups.shape != (n,):
-                raise TransferlabError(f"LinearProbe.fit: groups needs one id per training row ({n}), got {groups.shape}")
+                raise InvalidInput(f"LinearProbe.fit: groups needs one id per training row ({n}), got {groups.shape}")
             _, first, inverse = np.unique(groups, return_index=True, return_inverse=True)
             return self._folds(y[first], len(first))[inverse]
         if n < self.cv:
-            raise TransferlabError(f"LinearProbe: {n} training samples cannot be split into {self.cv} folds")
+            raise InvalidInput(f"LinearProbe: {n} training samples cannot be split into {self.cv} folds")
         rng = np.random.default_rng(self.seed)
         fold_of = np.empty(n, dtype=np.int64)
         if self.multilabel:
@@ -665,12 +720,36 @@ class LinearProbe(BaseEstimator):
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "coef_"):
-            raise TransferlabError("LinearProbe: call fit before predict / decision_function / score")
+            raise NotFitted("LinearProbe: call fit before predict / decision_function / score")
+
+
+def stack_validation(X, y, X_val, y_val) -> tuple[np.ndarray, np.ndarray, PredefinedSplit]:
+    """One ``(X, y)`` of the training rows then the validation rows, and the ``cv`` for it.
+
+    ``X, y, cv = stack_validation(X_train, y_train, X_val, y_val)`` then
+    ``LinearProbe(cv=cv).fit(X, y)`` trains each C on the training rows, chooses C on the
+    validation rows and refits on all rows.
+    """
+    from sklearn.model_selection import PredefinedSplit
+
+    if X_val is None or y_val is None:
+        raise InvalidInput("stack_validation: give both X_val and y_val")
+    X, X_val = _check_X(X, "X"), _check_X(X_val, "X_val")
+    if X_val.shape[1] != X.shape[1]:
+        raise InvalidInput(f"X_val has {X_val.shape[1]} features but X has {X.shape[1]}")
+    y, y_val = np.asarray(y), np.asarray(y_val)
+    if len(y) != len(X) or len(y_val) != len(X_val):
+        raise InvalidInput(
+            f"stack_validation: {len(y)} labels for {len(X)} training rows, "
+            f"{len(y_val)} for {len(X_val)} validation rows"
+        )
+    if y.shape[1:] != y_val.shape[1:]:
+        raise InvalidInput(f"y_val has label shape {y_val.shape[1:]} but y has {y.shape[1:]}")
+    split = PredefinedSplit(np.concatenate([np.full(len(X), -1), np.zeros(len(X_val), dtype=np.int64)]))
+    return np.concatenate([X, X_val]), np.concatenate([y, y_val]), split
 
 
 def _check_X(X, name: str) -> np.ndarray:
-    from transferlab.features.postprocess import check_features
-
     return check_features(X, name)
 
 

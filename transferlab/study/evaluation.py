@@ -148,7 +148,7 @@ def _fit_and_select(task: TaskData, probe: ProbeConfig, metric: str, multilabel:
     over the k folds of train. A train split too small for k-fold, or a val split with no
     positives for a label, gives no score (selection "none: why"): such a row is never Deep
     Optimal."""
-    from transferlab.heads.probe import LinearProbe
+    from transferlab.heads.probe import LinearProbe, stack_validation
 
     Cs = np.asarray(probe.Cs)
     n_classes = len(task.classes)
@@ -158,10 +158,14 @@ def _fit_and_select(task: TaskData, probe: ProbeConfig, metric: str, multilabel:
         if empty:
             problem = (f"task {task.name}: the validation split has no positives for label(s) "
                        f"{', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''}: no selection")
-    model = LinearProbe(loss=probe.loss, Cs=Cs, multilabel=multilabel, class_weight=probe.class_weight, seed=seed)
+    X_fit, y_fit, selection = X_train, y_train, {}
+    if X_val is not None:  # C chosen on the val rows, then refit on train + val
+        X_fit, y_fit, selection["cv"] = stack_validation(X_train, y_train, X_val, y_val)
+    model = LinearProbe(loss=probe.loss, Cs=Cs, multilabel=multilabel, class_weight=probe.class_weight, seed=seed,
+                        **selection)
     model.scoring = _task_scoring(metric, multilabel, n_classes, model)
     try:
-        model.fit(X_train, y_train, X_val, y_val, groups=groups)
+        model.fit(X_fit, y_fit, groups=None if X_val is not None else groups)
     except TransferlabError as exc:
         if X_val is not None or not ("cannot be split" in str(exc) or "undefined for every C" in str(exc)):
             raise
