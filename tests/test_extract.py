@@ -156,6 +156,7 @@ def test_cli_extract_bad_options_one_line(photo_dir, tmp_path, capsys, extra, me
     assert len(err) == 1 and message in err[0]
 
 
+@pytest.mark.slow
 def test_compiled_extraction_matches_eager_and_pads_the_last_batch(photo_dir, tmp_path, capsys, monkeypatch):
     from transferlab.sources import load_source
 
