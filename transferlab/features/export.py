@@ -123,12 +123,7 @@ def export_features(source: Source, task: TaskData, features: TaskFeatures, out:
                 suffix = "" if view == "orig" else f"__{view}"
                 array = np.asarray(feats.get(layer, p, view), dtype=np.float32)
                 atomic_save_npy(folder / f"{layer.name}__{p}{suffix}.npy", array)
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["path", "label"])
-        for i in feats.kept:
-            writer.writerow([split.paths[i], label_text(task, split.labels, int(i))])
-        atomic_write_text(folder / "items.csv", buffer.getvalue())
+        _write_items(folder, task, split, feats.kept)
     manifest = features.manifest(source, task)
     atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2))
     return manifest
@@ -174,13 +169,7 @@ def export_concat(spec: str, members: Sequence[tuple[Source, TaskFeatures]], tas
                     suffix = "" if view == "orig" else f"__{view}"
                     atomic_save_npy(out / split_name / f"{names[k]}__{p}{suffix}.npy", array)
         if out is not None:
-            split = all_splits[split_name]
-            buffer = io.StringIO()
-            writer = csv.writer(buffer, lineterminator="\n")
-            writer.writerow(["path", "label"])
-            for i in common:
-                writer.writerow([split.paths[i], label_text(task, split.labels, int(i))])
-            atomic_write_text(out / split_name / "items.csv", buffer.getvalue())
+            _write_items(out / split_name, task, all_splits[split_name], common)
     manifests = [feats.manifest(source, task) for source, feats in members]
     layers = [{"index": first.layers[k].index, "name": names[k],
                "channels": sum(layers[k].channels for layers in layer_sets)} for k in range(len(first.layers))]
@@ -197,3 +186,13 @@ def export_concat(spec: str, members: Sequence[tuple[Source, TaskFeatures]], tas
     if out is not None:
         atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2))
     return manifest
+
+
+def _write_items(folder: Path, task: TaskData, split, rows) -> None:
+    """``items.csv``: path and label of each exported row, in row order."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["path", "label"])
+    for i in rows:
+        writer.writerow([split.paths[i], label_text(task, split.labels, int(i))])
+    atomic_write_text(folder / "items.csv", buffer.getvalue())
