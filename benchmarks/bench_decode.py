@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from transferlab.atomic import atomic_write_text
-from transferlab.features.images import read_image
+from transferlab.data.images import read_image
 from transferlab.sources.preprocessing import Preprocessing
 
 SIZES = [(500, 375), (1024, 768), (2048, 1536), (3264, 2448)]

@@ -27,8 +27,8 @@ from PIL import Image
 
 from transferlab.atomic import atomic_write_text
 from transferlab.data.base import Split
+from transferlab.data.images import decode_threads
 from transferlab.features.extract import PooledForward, extract
-from transferlab.features.images import decode_threads
 from transferlab.features.pooling import default_windows
 from transferlab.features.store import FeatureStore
 from transferlab.sources import load_source
@@ -49,7 +49,7 @@ def decode_costs(paths, pre) -> dict[str, float]:
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms import functional as F
 
-    from transferlab.features.images import read_image
+    from transferlab.data.images import read_image
 
     def plain(path):
         with Image.open(path) as handle:

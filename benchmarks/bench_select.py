@@ -29,7 +29,12 @@ from typing import Any
 
 import numpy as np
 
-from transferlab.analysis.select import (
+from transferlab.atomic import atomic_write_text
+from transferlab.data.tasks import get_task, load_task
+from transferlab.features.store import FeatureStore
+from transferlab.results.store import finite_or_none
+from transferlab.study.config import ProbeConfig
+from transferlab.study.select import (
     Candidate,
     agreement,
     candidates_of,
@@ -37,11 +42,6 @@ from transferlab.analysis.select import (
     probe_candidates,
     score_candidates,
 )
-from transferlab.atomic import atomic_write_text
-from transferlab.data.tasks import get_task, load_task
-from transferlab.features.store import FeatureStore
-from transferlab.study.config import ProbeConfig
-from transferlab.study.results import finite_or_none
 
 RESULTS = Path(__file__).resolve().parent / "results" / "select.json"
 SCORES = ("logme", "knn", "hscore")
@@ -57,8 +57,8 @@ def _name(c: Candidate) -> str:
 
 def warm_up() -> None:
     """Run each score and one probe on tiny data first, so imports and first-call costs are not timed."""
-    from transferlab.analysis.select import score_features
     from transferlab.heads.probe import LinearProbe
+    from transferlab.study.select import score_features
 
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(40, 8)), np.repeat(np.arange(4), 10)

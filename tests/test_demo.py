@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from transferlab.cli import main
-from transferlab.study.results import ResultStore
+from transferlab.results.store import ResultStore
 
 
 @pytest.mark.slow

@@ -29,8 +29,8 @@ import re
 import numpy as np
 import pytest
 
-from transferlab.analysis.factors import analyse, spearman
 from transferlab.errors import TransferlabError
+from transferlab.report.factors import analyse, spearman
 
 VALUES = {
     "ta": {-1: 0.60, -2: 0.55, -3: 0.50, "grid2": 0.58, "ft": 0.59},
@@ -199,7 +199,7 @@ def test_to_dict_is_json_ready():
 
 
 def test_section_renders_tables_and_figures():
-    from transferlab.analysis.sections import factors_versus_distance
+    from transferlab.report.factor_sections import factors_versus_distance
 
     fragment = factors_versus_distance(make_rows(), make_meta())
     assert fragment.startswith("<h2>Factors versus distance</h2>")
@@ -214,7 +214,7 @@ def test_section_renders_tables_and_figures():
 
 def test_section_is_in_the_built_report(tmp_path):
     from transferlab.report import build_report
-    from transferlab.study.results import ResultRow, ResultStore
+    from transferlab.results.store import ResultRow, ResultStore
 
     store = ResultStore(tmp_path, provenance={"config_hash": "x", "versions": {}, "git_commit": None, "seed": 0,
                                               "device": "cpu"})  # fmt: skip
@@ -235,8 +235,8 @@ def test_section_is_in_the_built_report(tmp_path):
 def test_registered_once():
     import importlib
 
-    import transferlab.analysis.sections as module
     import transferlab.report as report
+    import transferlab.report.factor_sections as module
 
     importlib.reload(module)
     names = [s for s in report.sections if getattr(s, "__name__", "") == "factors_versus_distance"]

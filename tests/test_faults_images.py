@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from transferlab.data.images import decode_rgb
 from transferlab.errors import BadImageError
-from transferlab.features.images import decode_rgb
 
 RAMP16 = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
 EXPECTED8 = np.round(RAMP16 / 257.0)
@@ -62,7 +62,7 @@ def test_float_tiff_with_nan_is_refused_naming_file_and_mode(tmp_path):
 
 
 def test_16_bit_image_through_the_dataset_matches_its_8_bit_twin(tmp_path):
-    from transferlab.features.images import ImageListDataset
+    from transferlab.data.images import ImageListDataset
     from transferlab.sources.preprocessing import Preprocessing
 
     Image.fromarray(RAMP16).save(tmp_path / "g16.png")

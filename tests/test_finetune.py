@@ -34,8 +34,9 @@ from transferlab.heads.finetune import (
 )
 from transferlab.heads.finetune_blocks import plan_blocks
 from transferlab.heads.finetune_data import TaskInfo, prepare_task
-from transferlab.heads.finetune_store import CHECKPOINT, load_checkpoint, load_heads
+from transferlab.heads.finetune_store import CHECKPOINT, load_checkpoint
 from transferlab.sources import load_source
+from transferlab.sources.finetuned import load_heads
 
 FAST = dict(input_size=32, num_workers=0, device="cpu", progress=False, batch_size=20)
 
@@ -389,7 +390,7 @@ def test_unknown_finetuned_path_is_a_clear_error(tmp_path):
 
 
 def test_validation_images_are_decoded_once_across_epochs(base, digits, tmp_path, monkeypatch):
-    from transferlab.features import images
+    from transferlab.data import images
 
     decoded = []
     original = images.read_image

@@ -13,11 +13,11 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as F
 
+from transferlab.data import images
 from transferlab.data.base import image_splits
+from transferlab.data.images import ImageListDataset, decode_rgb, image_batches, read_image
 from transferlab.errors import BadImageError
-from transferlab.features import images
 from transferlab.features.extract import extract
-from transferlab.features.images import ImageListDataset, decode_rgb, image_batches, read_image
 from transferlab.sources.preprocessing import Preprocessing
 
 
@@ -249,7 +249,7 @@ def test_without_torchvisions_decoder_jpegs_go_through_pil(photo_dir, monkeypatc
 
 def test_decode_threads_follow_the_torch_threads_a_worker_was_given():
     """A Ray actor of 1 CPU sets torch to 1 thread; its decoding must not spread over every core."""
-    from transferlab.features.images import decode_threads
+    from transferlab.data.images import decode_threads
 
     before = torch.get_num_threads()
     try:

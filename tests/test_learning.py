@@ -149,7 +149,7 @@ def test_a_trained_source_with_finetune_true_gets_the_finetune_setting_only():
 
 
 def test_study_trains_once_records_sources_and_reports_them(tmp_path, capsys):
-    from transferlab.study.results import ResultStore
+    from transferlab.results.store import ResultStore
 
     path = tmp_path / "study.yaml"
     config = _config()
@@ -228,7 +228,7 @@ def test_cells_without_intervals_show_the_bare_value():
 
 
 def test_results_sources_lists_records_and_flags_near_chance(tmp_path, capsys):
-    from transferlab.study.results import ResultStore
+    from transferlab.results.store import ResultStore
 
     with ResultStore(tmp_path) as store:
         store.set_meta("trained_sources", {"a@1": {"source": "a@1", "kind": "object", "arch": "alexnet",

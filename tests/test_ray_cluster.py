@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import yaml
 
+from transferlab.results.store import ResultStore
 from transferlab.study.config import parse_config
-from transferlab.study.results import ResultStore
 from transferlab.study.run import run_study
 
 pytest.importorskip("ray")

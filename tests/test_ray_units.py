@@ -11,11 +11,11 @@ import pytest
 from transferlab.data.tasks import load_task
 from transferlab.features.export import extract_task
 from transferlab.features.store import FeatureStore, GroupKey
+from transferlab.results.store import ResultRow, ResultStore
 from transferlab.sources import load_source
 from transferlab.study.config import parse_config
 from transferlab.study.ray_cluster import PROBE_DIR, probe_roots
 from transferlab.study.ray_extract import plan_units
-from transferlab.study.results import ResultRow, ResultStore
 from transferlab.study.run import run_study
 
 TINY = "timm:mobilenetv3_small_050"

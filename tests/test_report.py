@@ -18,8 +18,8 @@ from transferlab.cli import main
 from transferlab.errors import TransferlabError
 from transferlab.report import build_report
 from transferlab.report.tables import factor_table, summarise, task_infos
-from transferlab.study.results import ResultRow as _ResultRow
-from transferlab.study.results import ResultStore
+from transferlab.results.store import ResultRow as _ResultRow
+from transferlab.results.store import ResultStore
 
 
 def ResultRow(*args, **kwargs) -> _ResultRow:  # noqa: N802 - a row scored on validation as on test
@@ -266,7 +266,7 @@ def test_empty_store_is_a_clear_error(tmp_path):
 
 
 def test_plain_text_summary_skips_a_nan_result_as_the_report_does(tmp_path):
-    from transferlab.study.summary import summary_table
+    from transferlab.report.summary import summary_table
 
     with ResultStore(tmp_path) as store:
         store.add_many([

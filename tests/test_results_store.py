@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from transferlab.errors import TransferlabError
-from transferlab.study.results import (
+from transferlab.results.store import (
     SCHEMA_VERSION,
     ResultRow,
     ResultStore,
@@ -155,7 +155,7 @@ def test_newer_schema_and_foreign_files_are_refused(tmp_path):
 _HOLDER = textwrap.dedent(
     """
     import sys
-    from transferlab.study.results import ResultStore
+    from transferlab.results.store import ResultStore
     with ResultStore(sys.argv[1]).lock():
         print("locked", flush=True)
         sys.stdin.readline()

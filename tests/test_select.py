@@ -11,9 +11,9 @@ import warnings
 import numpy as np
 import pytest
 
-from transferlab.analysis.select import Candidate, agreement, rank, score_features
 from transferlab.cli import main
 from transferlab.errors import TransferlabError
+from transferlab.study.select import Candidate, agreement, rank, score_features
 
 
 def test_agreement_by_hand():

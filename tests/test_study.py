@@ -17,9 +17,9 @@ import yaml
 
 from transferlab.cli import main
 from transferlab.errors import TransferlabError
+from transferlab.results.store import ResultStore
 from transferlab.study.config import load_config, parse_config
 from transferlab.study.plan import make_plan, settings_for
-from transferlab.study.results import ResultStore
 from transferlab.study.run import run_study
 
 REPO = Path(__file__).resolve().parents[1]

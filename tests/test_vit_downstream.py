@@ -24,9 +24,9 @@ def run_json(capsys, argv) -> dict:
 
 
 def test_study_with_a_vit_source_runs_end_to_end(tmp_path):
+    from transferlab.results.store import ResultStore
     from transferlab.study.config import parse_config
     from transferlab.study.plan import make_plan
-    from transferlab.study.results import ResultStore
     from transferlab.study.run import run_study
 
     config = parse_config({

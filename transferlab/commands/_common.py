@@ -21,7 +21,7 @@ def _default(obj: Any) -> Any:
 
 def print_json(payload: Any) -> None:
     """Strict JSON on stdout: NaN and infinities become null."""
-    from transferlab.study.results import finite_or_none
+    from transferlab.results.store import finite_or_none
 
     json.dump(finite_or_none(payload), sys.stdout, indent=2, default=_default, allow_nan=False)
     sys.stdout.write("\n")

@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"transferlab demo: study {config.name!r} -> {out} (rerun to resume; results are kept)")
     result = run_study(config, out, executor=args.executor, progress=not args.no_progress)
     if args.quick:
-        from transferlab.study.results import ResultStore
+        from transferlab.results.store import ResultStore
 
         with ResultStore(out) as store:  # the report and the summary say it plainly
             store.set_meta("smoke_test", SMOKE_TEST)

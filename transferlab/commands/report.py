@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
 def run(args: argparse.Namespace) -> int:
     from transferlab.report import build_report
     from transferlab.report.html import CSV_NAME
-    from transferlab.study.results import ResultStore
+    from transferlab.results.store import ResultStore
 
     path = build_report(args.run_dir)
     if args.json:

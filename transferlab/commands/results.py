@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
 
 def run(args: argparse.Namespace) -> int:
     from transferlab.atomic import atomic_write_text
-    from transferlab.study.results import ResultStore
+    from transferlab.results.store import ResultStore
 
     if getattr(args, "summary", False):
         return _summary(args)
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
 
             exported = store.export_rows(args.task)
             if current:
-                from transferlab.study.results import current_only
+                from transferlab.results.store import current_only
 
                 exported = current_only(exported, store.meta())
             print_json(exported)
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _summary(args: argparse.Namespace) -> int:
-    from transferlab.study.summary import summary_json, summary_table
+    from transferlab.report.summary import summary_json, summary_table
 
     if args.json:
         from transferlab.commands._common import print_json
@@ -150,7 +150,7 @@ SOURCE_COLUMNS = ("source", "kind", "arch", "width", "snapshot", "images", "clas
 
 def _print_sources(args: argparse.Namespace) -> int:
     """``--sources``: the trained sources' records stored by the study (meta ``trained_sources``)."""
-    from transferlab.study.results import ResultStore
+    from transferlab.results.store import ResultStore
 
     with ResultStore(args.run_dir, create=False) as store:
         found = store.get_meta("trained_sources", {}) or {}

@@ -42,11 +42,11 @@ def _layers(text: str) -> list[int | str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from transferlab.analysis.select import select
     from transferlab.data.tasks import get_task, load_task
     from transferlab.errors import TransferlabError
     from transferlab.features.store import FeatureStore
     from transferlab.study.config import ProbeConfig
+    from transferlab.study.select import select
 
     try:
         Cs = [float(c) for c in parse_csv_list(args.Cs)]
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def print_selection(result) -> None:
-    from transferlab.analysis.select import SCORE_NAMES
+    from transferlab.study.select import SCORE_NAMES
 
     n = len(result.candidates)
     probed = result.probed

@@ -78,7 +78,7 @@ def default_run_dir(name: str, config_path: str):
 
 
 def _done_keys(run_dir) -> set[str]:
-    from transferlab.study.results import DB_NAME, ResultStore
+    from transferlab.results.store import DB_NAME, ResultStore
 
     if not (run_dir / DB_NAME).exists():
         return set()
@@ -100,7 +100,7 @@ def print_plan(name: str, s: dict) -> None:
 
 
 def print_run_summary(run_dir, result, report) -> None:
-    from transferlab.study.summary import summary_table
+    from transferlab.report.summary import summary_table
 
     print(summary_table(run_dir))
     print(f"\n{result.new_results} new results, {result.skipped} already done, "

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 from transferlab.data.base import Split
+from transferlab.data.images import ImageListDataset, extraction_workers, image_batches
 from transferlab.device import resolve_device  # noqa: F401  (re-exported for callers)
 from transferlab.errors import BadImageError, TransferlabError
 from transferlab.features.fold import FOLD_RECIPE
-from transferlab.features.images import ImageListDataset, extraction_workers, image_batches
 from transferlab.features.pooling import (
     as_grid,
     check_pooling,

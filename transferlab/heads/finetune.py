@@ -63,13 +63,12 @@ from transferlab.heads.finetune_store import (
     check_settings,
     cpu_state,
     load_checkpoint,
-    load_finetuned,
     remove_stale_temps,
     save_checkpoint,
     write_finetuned,
 )
 from transferlab.sources.base import Source
-from transferlab.sources.registry import register_source_kind
+from transferlab.sources.finetuned import load_finetuned
 
 OPTIMIZERS = ("sgd", "adamw")
 DEFAULT_LR = {"sgd": 0.01, "adamw": 1e-4}
@@ -78,9 +77,6 @@ DEFAULT_WEIGHT_DECAY = {"sgd": 1e-4, "adamw": 0.01}
 # AdamW's 1e-4 suits pretrained layers but leaves new heads barely moving (1e-3 works).
 DEFAULT_HEAD_LR_SCALE = {"sgd": 1.0, "adamw": 10.0}
 AUGMENTATION = "random-resized-crop (scale 0.35-1, ratio 3/4-4/3) + horizontal flip"
-
-register_source_kind("finetuned", load_finetuned, "a network fine-tuned by transferlab finetune (PATH)")
-
 
 class TrainingDiverged(TransferlabError):
     """The training loss became NaN or infinite; ``checkpoint_epoch`` is the last good epoch
@@ -257,8 +253,8 @@ def finetune(
     preprocessing), e.g. to fine-tune small images fast. ``patience=None`` disables early
     stopping. The given ``source`` is not modified (a copy is trained).
     """
+    from transferlab.data.images import default_workers
     from transferlab.device import resolve_device
-    from transferlab.features.images import default_workers
 
     task_list = [tasks] if isinstance(tasks, TaskData) else list(tasks)
     lr, weight_decay, head_lr_scale = _check_options(task_list, optimizer, lr, weight_decay, epochs,
@@ -494,8 +490,8 @@ class _Runner:
         if cached is not None:
             yield from cached.split(self.batch_size)
             return
+        from transferlab.data.images import ImageListDataset, image_batches
         from transferlab.errors import BadImageError
-        from transferlab.features.images import ImageListDataset, image_batches
 
         pre = self.source.preprocessing
         dataset = ImageListDataset(split.paths, split.boxes, pre, range(len(split)))

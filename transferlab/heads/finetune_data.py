@@ -164,7 +164,7 @@ class TaskImages(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int):
-        from transferlab.features.images import read_image
+        from transferlab.data.images import read_image
 
         size = self.preprocessing.input_size
         try:

@@ -8,7 +8,7 @@ title). A fragment should start with its own ``<h2>``; use
 ``transferlab.report.html.embed_png(transferlab.report.plots.to_png(fig), alt)`` for figures.
 A section that raises shows an error box in the report instead of stopping it. Modules named
 in ``section_modules`` are imported first (when they exist), so a module such as
-``transferlab/analysis/sections.py`` can register itself at import.
+``transferlab/report/factor_sections.py`` can register itself at import.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 sections: list[Callable[[list[dict[str, Any]], dict[str, Any]], str | None]] = []
-section_modules: list[str] = ["transferlab.analysis.sections", "transferlab.report.learning"]
+section_modules: list[str] = ["transferlab.report.factor_sections", "transferlab.report.learning"]
 
 
 def build_report(run_dir: str | Path) -> Path:

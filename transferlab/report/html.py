@@ -51,7 +51,7 @@ esc = html.escape
 def build_report(run_dir: str | Path) -> Path:
     """Write ``RUN_DIR/report.html`` and ``RUN_DIR/results.csv`` from the run's ResultStore."""
     from transferlab.atomic import atomic_write_text
-    from transferlab.study.results import ResultStore
+    from transferlab.results.store import ResultStore
 
     run_dir = Path(run_dir)
     with ResultStore(run_dir, create=False) as store:

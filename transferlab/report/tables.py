@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from transferlab.errors import TransferlabError
-from transferlab.study.results import LEARNING_FACTORS, ordered_factors
+from transferlab.results.store import LEARNING_FACTORS, ordered_factors
 
 # Keys that describe a row without being factors: the module name of the layer, and the
 # study's role for the job ("sweep" = one-at-a-time or grid job, "optimal" = the combined

@@ -425,7 +425,7 @@ def fit_codebook(image_paths: Iterable[str | Path], out_file: str | Path, *,
     Folders are searched recursively for images. Each image is preprocessed exactly as at
     extraction time; the same number of descriptors is sampled from every image as soon as it
     is described, so memory holds the sample, not every image's descriptors."""
-    from transferlab.features.images import read_image
+    from transferlab.data.images import read_image
 
     files = _expand(image_paths)
     if not files:

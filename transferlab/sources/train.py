@@ -274,7 +274,7 @@ class _DecodeDataset(torch.utils.data.Dataset):
         from torchvision.transforms import InterpolationMode
         from torchvision.transforms import functional as F
 
-        from transferlab.features.images import read_image
+        from transferlab.data.images import read_image
 
         pre = self.preprocessing
         try:
@@ -513,7 +513,7 @@ def _train_source(
     ``callback(row)`` is called after each finished epoch (checkpoint already written) with
     that epoch's history row. A non-finite loss stops training with a TransferlabError; the
     last finished epoch stays in ``checkpoint.pt`` and earlier snapshots stay usable."""
-    from transferlab.features.extract import resolve_device
+    from transferlab.device import resolve_device
 
     spec_check = ArchSpec(arch, width, resolution, num_classes=2, batch_norm=batch_norm, dropout=dropout)
     del spec_check  # validates arch / width / resolution before any data is read

@@ -20,9 +20,9 @@ from transferlab.errors import TransferlabError
 from transferlab.evaluate import evaluate_classification, evaluate_retrieval
 from transferlab.features.export import TaskFeatures
 from transferlab.features.postprocess import L2Normalize, build_postprocess
+from transferlab.results.store import ResultRow
 from transferlab.study.config import ProbeConfig, RetrievalConfig
 from transferlab.study.plan import Job, Setting
-from transferlab.study.results import ResultRow
 
 
 class Features(Protocol):

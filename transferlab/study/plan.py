@@ -17,9 +17,9 @@ from typing import Any
 from transferlab.data.base import TaskData, image_splits
 from transferlab.data.tasks import TaskSpec, get_task, load_task
 from transferlab.errors import TransferlabError
+from transferlab.results.store import job_key_of
 from transferlab.sources.concat import concat_members  # noqa: F401 - re-exported for the study modules
 from transferlab.study.config import SourceEntry, StudyConfig
-from transferlab.study.results import job_key_of
 
 FACTOR_NAMES = ("layer", "pooling", "normalisation", "pca", "views", "finetune", "qe")
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from transferlab.errors import TransferlabError
 from transferlab.features.export import extract_task
 from transferlab.features.extract import given_poolings
 from transferlab.features.store import FeatureStore
+from transferlab.results.store import ResultRow, ResultStore, collect_provenance
 from transferlab.study.config import StudyConfig
 from transferlab.study.evaluation import (
     FeatureSource,
@@ -28,7 +29,6 @@ from transferlab.study.evaluation import (
 )
 from transferlab.study.executors import make_executor
 from transferlab.study.plan import Job, Plan, concat_members, make_plan, settings_for
-from transferlab.study.results import ResultRow, ResultStore, collect_provenance
 
 
 @dataclass

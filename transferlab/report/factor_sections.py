@@ -2,7 +2,7 @@
 
 Importing this module appends ``factors_versus_distance`` to ``transferlab.report.sections``
 (``build_report`` imports it through ``transferlab.report.section_modules``). Every number
-comes from ``transferlab.analysis.factors.analyse``; each figure carries a one-line reading
+comes from ``transferlab.report.factors.analyse``; each figure carries a one-line reading
 generated from those numbers, saying where the study agrees or disagrees with the paper.
 """
 
@@ -12,8 +12,8 @@ import html
 import math
 from typing import Any
 
-from transferlab.analysis.factors import SCORES, Analysis, Hypothesis, analyse
 from transferlab.report import plots, sections
+from transferlab.report.factors import SCORES, Analysis, Hypothesis, analyse
 from transferlab.report.html import embed_png, fmt_value
 
 esc = html.escape

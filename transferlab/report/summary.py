@@ -11,8 +11,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from transferlab.results.store import ResultStore
 from transferlab.study.plan import FACTOR_NAMES
-from transferlab.study.results import ResultStore
 
 
 def _summaries(run_dir: str | Path, current: bool = True):

@@ -126,7 +126,7 @@ def agreement(scores: Sequence[float], values: Sequence[float]) -> dict[str, Any
     pairs = [(float(s), float(v)) for s, v in zip(scores, values, strict=True) if math.isfinite(s) and math.isfinite(v)]
     if len(pairs) < 2:
         return None
-    from transferlab.analysis.factors import spearman
+    from transferlab.analysis.correlation import spearman
 
     s = np.array([p[0] for p in pairs])
     v = np.array([p[1] for p in pairs])
