@@ -32,7 +32,7 @@ import numpy as np
 from transferlab.atomic import atomic_write_text
 from transferlab.data.tasks import get_task, load_task
 from transferlab.features.store import FeatureStore
-from transferlab.results.store import finite_or_none
+from transferlab.results.encoding import finite_or_none
 from transferlab.study.config import ProbeConfig
 from transferlab.study.select import (
     Candidate,

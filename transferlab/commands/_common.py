@@ -2,29 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any
-
-import numpy as np
-
-
-def _default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if hasattr(obj, "__fspath__"):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
 def print_json(payload: Any) -> None:
     """Strict JSON on stdout: NaN and infinities become null."""
-    from transferlab.results.store import finite_or_none
+    from transferlab.results.encoding import dumps_pretty
 
-    json.dump(finite_or_none(payload), sys.stdout, indent=2, default=_default, allow_nan=False)
-    sys.stdout.write("\n")
+    sys.stdout.write(dumps_pretty(payload, strict=True) + "\n")
 
 
 def parse_csv_list(text: str) -> list[str]:

@@ -28,6 +28,7 @@ from transferlab.atomic import (
     stale_temporaries,
 )
 from transferlab.errors import TransferlabError
+from transferlab.results.encoding import dumps_pretty, plain
 from transferlab.sources.finetuned import (
     CHECKPOINT,
     FORMAT,
@@ -63,19 +64,7 @@ def save_safetensors(path: Path, state: dict[str, torch.Tensor]) -> None:
 
 
 def write_json(path: Path, payload: dict) -> None:
-    atomic_write_text(path, json.dumps(payload, indent=2, default=_json_default) + "\n")
-
-
-def _json_default(obj: Any) -> Any:
-    import numpy as np
-
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+    atomic_write_text(path, dumps_pretty(payload) + "\n")
 
 
 # ------------------------------------------------------------------------------ checkpoint
@@ -112,7 +101,7 @@ def check_settings(saved: dict, current: dict, path: Path) -> None:
 
 
 def _plain(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=_json_default))
+    return plain(value)
 
 
 def _short(value: Any) -> str:

@@ -31,6 +31,7 @@ from typing import Any
 
 from transferlab.atomic import atomic_write_text
 from transferlab.errors import TransferlabError
+from transferlab.results.encoding import dumps, finite_or_none
 
 SCHEMA_VERSION = 1
 DB_NAME = "results.sqlite"
@@ -89,24 +90,6 @@ CREATE INDEX IF NOT EXISTS results_task ON results (task);
 CREATE TABLE IF NOT EXISTS items (job_key TEXT PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
-
-
-def _json_default(obj: Any) -> Any:
-    """NumPy scalars/arrays and paths become plain JSON values (no NumPy import needed)."""
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if hasattr(obj, "item"):
-        return obj.item()
-    if hasattr(obj, "__fspath__"):
-        return os.fspath(obj)
-    if isinstance(obj, (set, frozenset, tuple)):
-        return sorted(obj) if isinstance(obj, (set, frozenset)) else list(obj)
-    raise TypeError(f"{type(obj).__name__} is not JSON-able")
-
-
-def dumps(value: Any) -> str:
-    """Canonical JSON (sorted keys, no spaces); NaN is kept (Python's json reads it back)."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=_json_default)
 
 
 def job_key_of(source: str, task: str, factors: dict[str, Any], identity: str | None = None) -> str:
@@ -191,20 +174,6 @@ def _git_commit() -> str | None:
         return None
     commit = done.stdout.strip()
     return commit if done.returncode == 0 and len(commit) >= 7 else None
-
-
-def finite_or_none(value: Any) -> Any:
-    """NaN/inf -> None, recursively, for strict JSON and CSV exports (numpy scalars and
-    arrays become Python values first)."""
-    if hasattr(value, "tolist") and type(value).__module__ == "numpy":
-        value = value.tolist()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: finite_or_none(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite_or_none(v) for v in value]
-    return value
 
 
 def _iso(timestamp: float | None) -> str | None:
