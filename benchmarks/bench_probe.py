@@ -39,7 +39,8 @@ from sklearn.svm import LinearSVC
 
 from transferlab.atomic import atomic_write_text
 from transferlab.features.postprocess import build_postprocess
-from transferlab.heads.probe import LinearProbe, idle_cores, stack_validation
+from transferlab.heads.cpu_threads import idle_cores
+from transferlab.heads.probe import LinearProbe, stack_validation
 
 RESULTS = Path(__file__).resolve().parent / "results" / "probe.json"
 CS = np.logspace(-2, 2, 7)

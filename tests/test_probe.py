@@ -178,7 +178,7 @@ def test_thread_count_changes_rounding_only(relu_digits):
 
 
 def test_idle_core_measurement_is_within_the_machine():
-    from transferlab.heads.probe import idle_cores, usable_cores
+    from transferlab.heads.cpu_threads import idle_cores, usable_cores
 
     assert 0.0 <= idle_cores() <= usable_cores()
 
