@@ -114,7 +114,7 @@ def _filter_csv(text: str, task: str) -> str:
 
 
 def _print_table(rows: list[dict[str, Any]], meta: dict[str, Any], with_hash: bool = False) -> None:
-    from transferlab.report.html import fmt_interval, fmt_value
+    from transferlab.report.formatting import fmt_interval, fmt_value
     from transferlab.report.tables import (
         config_of,
         fixed_factors,

@@ -5,7 +5,7 @@ package: append a callable ``(rows, meta) -> html_fragment | None`` to ``section
 are ``ResultStore.rows()`` dicts; ``meta`` is ``ResultStore.meta()`` with ``meta["tasks"]``
 resolved for every task in the results (name, distance, group, group_name, metric, protocol,
 title). A fragment should start with its own ``<h2>``; use
-``transferlab.report.html.embed_png(transferlab.report.plots.to_png(fig), alt)`` for figures.
+``transferlab.report.formatting.embed_png(transferlab.report.plots.to_png(fig), alt)`` for figures.
 A section that raises shows an error box in the report instead of stopping it. Modules named
 in ``section_modules`` are imported first (when they exist), so a module such as
 ``transferlab/report/factor_sections.py`` can register itself at import.

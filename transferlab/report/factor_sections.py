@@ -14,7 +14,7 @@ from typing import Any
 
 from transferlab.report import plots, sections
 from transferlab.report.factors import SCORES, Analysis, Hypothesis, analyse
-from transferlab.report.html import embed_png, fmt_value
+from transferlab.report.formatting import embed_png, fmt_value
 
 esc = html.escape
 TITLE = "Factors versus distance"

@@ -28,7 +28,7 @@ KEEPS_MOST = 0.5  # a combined source "keeps most of both" when it recovers >= h
 
 # ------------------------------------------------------------------------------ helpers
 def _fmt(metric: str, value: float | None) -> str:
-    from transferlab.report.html import fmt_value
+    from transferlab.report.formatting import fmt_value
 
     return fmt_value(metric, value)
 
@@ -314,7 +314,7 @@ def source_task_reading(chosen: dict[str, str], tasks: list[str], grid: dict, re
 def early_stopping(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     """Per target task, transfer vs the snapshot's own source validation accuracy."""
     from transferlab.report import plots
-    from transferlab.report.html import embed_png
+    from transferlab.report.formatting import embed_png
 
     plain = _plain_rows(rows)
     records = _records(meta)

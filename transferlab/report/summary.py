@@ -26,7 +26,8 @@ def _summaries(run_dir: str | Path, current: bool = True):
 
 
 def summary_table(run_dir: str | Path) -> str:
-    from transferlab.report.html import fmt_difference, fmt_row, too_small
+    from transferlab.report.formatting import fmt_difference, fmt_row
+    from transferlab.report.html import too_small
 
     summaries, meta = _summaries(run_dir)
     standard_setting = meta.get("standard", {}) or {}
