@@ -15,6 +15,7 @@ from transferlab.errors import BadImageError, TransferlabError
 from transferlab.features.extract import extract
 from transferlab.features.store import FeatureStore
 from transferlab.sources import handcrafted as hc
+from transferlab.sources import handcrafted_codebook as cb
 from transferlab.sources import load_source
 
 FULL_DIM = 2 * 32 * 66 + 576 + 50 + 360
@@ -33,13 +34,13 @@ def source():
 
 # ------------------------------------------------------------------ hand-checked pieces
 def test_power_l2_by_hand():
-    assert np.allclose(hc.power_l2(np.array([4.0, -9.0])), np.array([2.0, -3.0]) / math.sqrt(13))
-    assert np.array_equal(hc.power_l2(np.zeros(3)), np.zeros(3))
+    assert np.allclose(cb.power_l2(np.array([4.0, -9.0])), np.array([2.0, -3.0]) / math.sqrt(13))
+    assert np.array_equal(cb.power_l2(np.zeros(3)), np.zeros(3))
 
 
-def _book(weights, means, variances) -> hc.Codebook:
+def _book(weights, means, variances) -> cb.Codebook:
     means = np.asarray(means, dtype=float)
-    return hc.Codebook(np.zeros(1), np.zeros((0, 1)), np.asarray(weights, dtype=float), means,
+    return cb.Codebook(np.zeros(1), np.zeros((0, 1)), np.asarray(weights, dtype=float), means,
                        np.asarray(variances, dtype=float))
 
 
@@ -62,16 +63,16 @@ def test_fisher_vector_two_gaussians_by_hand():
 def test_histograms_of_flat_images_by_hand():
     red = np.zeros((32, 32, 3))
     red[..., 0] = 1.0  # HSV (0, 1, 1) -> bins (0, 2, 2) -> joint bin 0*9 + 2*3 + 2 = 8
-    color = hc.color_vector(red).reshape(5, 72)
+    color = cb.color_vector(red).reshape(5, 72)
     assert np.array_equal(color, np.eye(72)[[8] * 5])
     # constant image: every neighbour >= centre, the uniform pattern with 8 ones -> code 8
-    lbp = hc.lbp_vector(np.full((32, 32), 0.5)).reshape(5, 10)
+    lbp = cb.lbp_vector(np.full((32, 32), 0.5)).reshape(5, 10)
     assert np.array_equal(lbp, np.eye(10)[[8] * 5])
 
 
 def test_daisy_positions_and_size():
     gray = np.random.default_rng(0).random((160, 160))
-    desc = hc.daisy_descriptors(gray)
+    desc = cb.daisy_descriptors(gray)
     assert desc.shape == (34 * 34, 104 + 2)
     assert desc[:, -2:].min() > -0.5 and desc[:, -2:].max() < 0.5
     # Hellinger-mapped L1-normalised histograms: squares sum to 1
@@ -90,11 +91,11 @@ def test_one_vector_layer(source):
 
 
 def test_codebook_is_cached_not_refitted(source):
-    path = hc.default_codebook_path()
+    path = cb.default_codebook_path()
     assert path.is_file()
-    mtime, fits = path.stat().st_mtime_ns, hc.fit_count
+    mtime, fits = path.stat().st_mtime_ns, cb.fit_count
     again = load_source("handcrafted")
-    assert hc.fit_count == fits and path.stat().st_mtime_ns == mtime
+    assert cb.fit_count == fits and path.stat().st_mtime_ns == mtime
     assert again.weights_id == source.weights_id
     assert np.array_equal(again.model.fisher.codebook.means, source.model.fisher.codebook.means)
 
@@ -145,8 +146,8 @@ def test_variants_and_their_errors():
 
 def test_user_codebook_fit_is_deterministic_and_loads(photo_dir, tmp_path):
     images = sorted(photo_dir.glob("*.jpg"))
-    first = hc.fit_codebook(images, tmp_path / "a.npz", n_components=4, max_descriptors=2000)
-    second = hc.fit_codebook([photo_dir], tmp_path / "b.npz", n_components=4, max_descriptors=2000)
+    first = cb.fit_codebook(images, tmp_path / "a.npz", n_components=4, max_descriptors=2000)
+    second = cb.fit_codebook([photo_dir], tmp_path / "b.npz", n_components=4, max_descriptors=2000)
     assert first.digest() == second.digest()
     assert len(second.info["images"]) == len(images)
     custom = load_source("handcrafted:fisher", weights=str(tmp_path / "a.npz"))
@@ -154,7 +155,7 @@ def test_user_codebook_fit_is_deterministic_and_loads(photo_dir, tmp_path):
     assert custom.layers[0].channels == 2 * 4 * 66
     assert hc.main([str(tmp_path / "c.npz"), str(photo_dir), "--components", "4",
                     "--max-descriptors", "2000"]) == 0
-    assert hc.Codebook.load(tmp_path / "c.npz").digest() == first.digest()
+    assert cb.Codebook.load(tmp_path / "c.npz").digest() == first.digest()
 
 
 def test_bad_codebook_and_image_files_are_named(tmp_path):
@@ -165,13 +166,13 @@ def test_bad_codebook_and_image_files_are_named(tmp_path):
     partial = tmp_path / "partial.npz"
     np.savez(partial, recipe=np.array(hc.RECIPE), pca_mean=np.zeros(104))
     with pytest.raises(TransferlabError, match="partial.npz: handcrafted codebook lacks key 'pca_components'"):
-        hc.Codebook.load(partial)
+        cb.Codebook.load(partial)
     with pytest.raises(TransferlabError, match="does not exist"):
         load_source("handcrafted", weights=str(tmp_path / "missing.npz"))
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8 truncated")
     with pytest.raises(BadImageError, match="broken.jpg"):
-        hc.fit_codebook([broken], tmp_path / "out.npz")
+        cb.fit_codebook([broken], tmp_path / "out.npz")
 
 
 def test_linear_probe_on_digits_beats_chance(source, tmp_path):
