@@ -43,6 +43,28 @@ def test_a_pooling_registered_twice_is_an_error():
     assert POOLING_REGISTRY["avg"] is avg
 
 
+def test_a_pooling_registered_after_import_is_offered_and_validated():
+    from dataclasses import replace
+
+    from transferlab.features.pooling import (
+        POOLING_REGISTRY,
+        get_pooling,
+        pooling_names,
+        poolings_for,
+    )
+    from transferlab.sources.base import Layer
+
+    layer = Layer("stage4", 1280, 32, kind="map", layout="NCHW")
+    assert "avg4" not in poolings_for(layer)
+    POOLING_REGISTRY["avg4"] = replace(POOLING_REGISTRY["avg"], name="avg4", description="test-only")
+    try:
+        assert "avg4" in pooling_names() and "avg4" in poolings_for(layer)
+        assert get_pooling("avg4").description == "test-only"
+    finally:
+        del POOLING_REGISTRY["avg4"]
+    assert "avg4" not in poolings_for(layer)
+
+
 def test_every_benchmark_reader_registers_its_task():
     from transferlab.data.tasks import all_tasks
 

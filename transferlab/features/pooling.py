@@ -240,8 +240,12 @@ for _pooling in [
             "(DINOv2's linear protocol)", needs_class_token=True, width=2),
 ]:
     register_pooling(_pooling)
-POOLINGS = tuple(POOLING_REGISTRY)
-"""The named poolings; ``gridK`` for any K >= 1 is accepted too."""
+
+
+def pooling_names() -> tuple[str, ...]:
+    """The registered poolings, read when asked (so a pooling registered later is included);
+    ``gridK`` for any K >= 1 is accepted too."""
+    return tuple(POOLING_REGISTRY)
 
 
 def get_pooling(name: str) -> Pooling:
@@ -256,7 +260,7 @@ def get_pooling(name: str) -> Pooling:
             raise TransferlabError(f"pooling {name!r}: a grid needs at least one cell per side (grid1, grid2, ...)")
         return Pooling(name, lambda g, p, w, k=k: grid_pool(g, k), _SPATIAL, k, f"{k}x{k} max cells, row-major",
                        width=k * k)
-    raise TransferlabError(f"unknown pooling {name!r}; choose from {', '.join(POOLINGS)} (or gridK, K >= 1)")
+    raise TransferlabError(f"unknown pooling {name!r}; choose from {', '.join(pooling_names())} (or gridK, K >= 1)")
 
 
 def validate_pooling(name: str) -> str:
@@ -286,7 +290,7 @@ def check_pooling(layer: LayerLike, name: str, source: str = "") -> None:
 
 def poolings_for(layer: LayerLike, names: tuple[str, ...] | list[str] | None = None) -> list[str]:
     """The poolings of ``names`` (default: every registered one) that ``layer`` can give."""
-    return [n for n in (names if names is not None else POOLINGS) if get_pooling(n).applies(layer)]
+    return [n for n in (names if names is not None else pooling_names()) if get_pooling(n).applies(layer)]
 
 
 def as_grid(x: torch.Tensor, layer: LayerLike) -> tuple[torch.Tensor, torch.Tensor | None]:
