@@ -52,7 +52,7 @@ def describe(exc: BaseException) -> tuple[str, int]:
         return _shown(exc), EXIT_USER
     if isinstance(exc, OSError):
         fallback = exc.strerror or (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        meaning, advice = _OS_ADVICE.get(exc.errno, (fallback, f"{_RESUME} once it is fixed"))
+        meaning, advice = _OS_ADVICE.get(exc.errno or 0, (fallback, f"{_RESUME} once it is fixed"))
         where = ""
         if exc.filename is not None:
             where = _shown(exc.filename)

@@ -56,7 +56,7 @@ def idle_cores(window: float = 0.05) -> float:
     time.sleep(window)
     second = sample()
     total = second[1] - first[1] if second else 0
-    if total <= 0:
+    if second is None or total <= 0:
         return float(cores)
     return min(cores, (os.cpu_count() or cores) * (second[0] - first[0]) / total)
 

@@ -193,16 +193,16 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
             best = int(np.nanargmax(scores))  # first maximum = smallest C among ties
             self.cv_scores_ = scores
             best_C = float(Cs[best])
+            assert best_V is not None  # some C scored (all-NaN raised above)
             V0 = best_V.reshape(-1, len(fold_train), n_classes).mean(1)
             del heads, best_V
         heads = Heads(design, Yt, self._weights(Yt, Lt), self.loss)
         if V0 is None:
             V0 = design.zeros(n_classes)
-        V = self._solve(heads, best_C, V0, heads.g0_norm())
-        V = design.to_original(V).cpu().numpy()
+        solved = design.to_original(self._solve(heads, best_C, V0, heads.g0_norm())).cpu().numpy()
         self.C_ = best_C
-        self.coef_ = np.ascontiguousarray(V[:-1].T)
-        self.intercept_ = V[-1].copy()
+        self.coef_ = np.ascontiguousarray(solved[:-1].T)
+        self.intercept_ = solved[-1].copy()
         self.n_features_in_ = X_all.shape[1]
         return self
 
@@ -312,7 +312,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         if hasattr(self.cv, "split"):
             pairs = list(self.cv.split(np.zeros((n, 1)), y, groups))
         else:
-            pairs = list(self.cv)
+            pairs = list(self.cv)  # type: ignore[arg-type]  # here cv is an iterable of (train, test) pairs
         splits = []
         for k, pair in enumerate(pairs):
             try:

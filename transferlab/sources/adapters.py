@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -27,18 +28,22 @@ from transferlab.sources.base import (
     head_pool,
 )
 
+# The model is typed Any: adapters reach children by attribute (m.features, m.fc), which
+# nn.Module's __getattr__ types as Tensor | Module.
+ModelCall = Callable[[Any, torch.Tensor], torch.Tensor]
+
 
 @dataclass
 class Adapter:
     layer_names: list[str]
-    forward_features: Callable[[nn.Module, torch.Tensor], torch.Tensor]
-    forward_head: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None
+    forward_features: ModelCall
+    forward_head: ModelCall | None
     head_prefixes: tuple[str, ...]
     tokens: TokenFormat | None = None
     map_layout: str = "NCHW"
     head_pooling: str = "avg"
-    pre_logits: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None
-    classifier: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None
+    pre_logits: ModelCall | None = None
+    classifier: ModelCall | None = None
     shapes: dict[str, tuple[int, ...]] | None = None  # every layer's output shape at shapes_size px
     shapes_size: int = 0
 
@@ -101,7 +106,7 @@ def _token_format(model: nn.Module) -> TokenFormat | None:
     return TokenFormat(int(prefix), bool(has_class), patch_size)
 
 
-def _dry_forward(model: nn.Module, names: list[str], size: int):
+def _dry_forward(model: Any, names: list[str], size: int):
     """One forward of a seeded random image: every named module's output, the features
     output and the head's pre-logits vector (None when ``forward_head`` has no ``pre_logits``)."""
     captured: dict[str, torch.Tensor] = {}
@@ -178,12 +183,12 @@ def torchvision_adapter(name: str, model: nn.Module) -> Adapter:
     )
 
 
-def _features_classifier_family(model: nn.Module) -> Adapter:
+def _features_classifier_family(model: Any) -> Adapter:
     """mobilenet_v2/v3, efficientnet, convnext, densenet-like: `features` then pool+classifier."""
     count = len(model.features)
     names = [f"features.{i}" for i in range(count - 1)]
 
-    def head(m: nn.Module, f: torch.Tensor) -> torch.Tensor:
+    def head(m: Any, f: torch.Tensor) -> torch.Tensor:
         pooled = m.avgpool(f) if hasattr(m, "avgpool") else nn.functional.adaptive_avg_pool2d(f, 1)
         if not _classifier_flattens(m.classifier):
             pooled = torch.flatten(pooled, 1)
@@ -196,7 +201,7 @@ def _classifier_flattens(classifier: nn.Module) -> bool:
     return any(isinstance(layer, nn.Flatten) for layer in classifier.modules())
 
 
-def _fc_family(model: nn.Module) -> Adapter:
+def _fc_family(model: Any) -> Adapter:
     """AlexNet / VGG: conv stages, pool5, then fc6 and fc7 (the paper's representations)."""
     feats = model.features
     names = [f"features.{i}" for i, layer in enumerate(feats) if isinstance(layer, nn.MaxPool2d)]
@@ -209,22 +214,22 @@ def _fc_family(model: nn.Module) -> Adapter:
         if isinstance(layer, nn.ReLU):
             layer.inplace = False  # hooks must see fc6 before fc7 overwrites nothing
 
-    def features(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def features(m: Any, x: torch.Tensor) -> torch.Tensor:
         x = torch.flatten(m.avgpool(m.features(x)), 1)
         return m.classifier[: last_relu + 1](x)
 
-    def head(m: nn.Module, f: torch.Tensor) -> torch.Tensor:
+    def head(m: Any, f: torch.Tensor) -> torch.Tensor:
         return m.classifier[last_relu + 1:](f)
 
     return Adapter(names + [fc6, FEATURES_OUTPUT], features, head, (f"classifier.{len(model.classifier) - 1}.",))
 
 
 def _resnet_family(model: nn.Module) -> Adapter:
-    def features(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def features(m: Any, x: torch.Tensor) -> torch.Tensor:
         x = m.maxpool(m.relu(m.bn1(m.conv1(x))))
         return m.layer4(m.layer3(m.layer2(m.layer1(x))))
 
-    def head(m: nn.Module, f: torch.Tensor) -> torch.Tensor:
+    def head(m: Any, f: torch.Tensor) -> torch.Tensor:
         return m.fc(torch.flatten(m.avgpool(f), 1))
 
     names = ["maxpool", "layer1", "layer2", "layer3", FEATURES_OUTPUT]

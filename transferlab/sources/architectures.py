@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -177,18 +178,18 @@ class ConvNet(nn.Module):
         return forward_head(self, forward_features(self, x))
 
 
-def forward_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def forward_features(model: Any, x: torch.Tensor) -> torch.Tensor:
     """Input -> fc7 after its ReLU (the paper's last representation, layer -1)."""
     x = torch.flatten(model.avgpool(model.features(x)), 1)
     return model.fc7(model.drop6(model.fc6(x)))
 
 
-def forward_head(model: nn.Module, top: torch.Tensor) -> torch.Tensor:
+def forward_head(model: Any, top: torch.Tensor) -> torch.Tensor:
     """fc7 -> source-class logits (fc8)."""
     return model.fc8(model.drop7(top))
 
 
-def _init_weights(model: nn.Module) -> None:
+def _init_weights(model: Any) -> None:
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -245,7 +246,19 @@ def layers_from_shapes(source: Source, shapes: dict[str, tuple[int, ...]], size:
     return layers if keep_all else _stage_ends(layers)
 
 
-def describe_output(name: str, shape: tuple[int, ...], size: int, source: Source) -> Layer:
+class OutputFormat(Protocol):
+    """What ``describe_output`` reads of a source (a Source, or an adapter's stand-in while
+    the Source is being built)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def tokens(self) -> TokenFormat | None: ...
+    @property
+    def map_layout(self) -> str: ...
+
+
+def describe_output(name: str, shape: tuple[int, ...], size: int, source: OutputFormat) -> Layer:
     """The Layer for an output of ``shape`` given an input of ``size`` px: a vector (N, C),
     tokens (N, T, C) or a map, (N, C, H, W) or channels-last (N, H, W, C) for NHWC models."""
     if len(shape) == 2:

@@ -88,7 +88,7 @@ _TOP_RENAMES = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_he
 
 def efficientnet_pytorch_to_timm(state: dict[str, torch.Tensor], stage_lengths: list[int]) -> dict[str, torch.Tensor]:
     """Rename EfficientNet-PyTorch keys (``_blocks.N._expand_conv``) to timm's (``blocks.S.I.conv_pw``)."""
-    flat_to_stage = []
+    flat_to_stage: list[tuple[int, int]] = []
     for stage, length in enumerate(stage_lengths):
         flat_to_stage.extend((stage, i) for i in range(length))
     expands = {int(m.group(1)) for k in state if (m := re.match(r"_blocks\.(\d+)\._expand_conv", k))}

@@ -37,6 +37,7 @@ import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -125,8 +126,9 @@ class HandcraftedNet(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
 
     def pixels(self, x: torch.Tensor) -> Pixels:
-        rgb = (x.float() * self.std + self.mean).clamp(0, 1).permute(0, 2, 3, 1)
-        rgb = np.ascontiguousarray(rgb.detach().cpu().numpy(), dtype=np.float64)
+        mean, std = self.get_buffer("mean"), self.get_buffer("std")
+        scaled = (x.float() * std + mean).clamp(0, 1).permute(0, 2, 3, 1)
+        rgb = np.ascontiguousarray(scaled.detach().cpu().numpy(), dtype=np.float64)
         return Pixels(rgb, to_gray(rgb), x.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -167,12 +169,15 @@ def load_handcrafted(variant: str = "", weights: str | None = None) -> Source:
         raise TransferlabError(f"--weights is a Fisher codebook; handcrafted:{variant} has no fisher block")
     modules: dict[str, _Block] = {}
     for name in blocks:
-        modules[name] = FisherBlock(codebook) if name == "fisher" else {
-            "hog": HogBlock, "lbp": LbpBlock, "color": ColorBlock}[name]()
+        if name == "fisher":
+            assert codebook is not None  # loaded above whenever the fisher block is asked for
+            modules[name] = FisherBlock(codebook)
+        else:
+            modules[name] = {"hog": HogBlock, "lbp": LbpBlock, "color": ColorBlock}[name]()
     model = HandcraftedNet(modules, PREPROCESSING.mean, PREPROCESSING.std).eval()
     weights_id = f"{RECIPE}:" + (f"codebook-{codebook.digest()[:16]}" if codebook else "no-codebook")
     name = "handcrafted" if blocks == list(BLOCKS) else "handcrafted:" + "+".join(blocks)
-    info = {"recipe": RECIPE, "blocks": blocks}
+    info: dict[str, Any] = {"recipe": RECIPE, "blocks": blocks}
     if codebook is not None:
         info["codebook"] = {"path": codebook.info.get("path", ""), "components": int(codebook.means.shape[0]),
                             "images": len(codebook.info.get("images", []))}

@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,7 +31,7 @@ PREPROCESSING = Preprocessing(input_size=INPUT_SIZE, crop_pct=1.0, interpolation
 BLOCKS = ("fisher", "hog", "lbp", "color")  # canonical order of the concatenation
 
 # dense DAISY: 104-d descriptors every 4 pixels (1156 per 160x160 image)
-DAISY = dict(step=4, radius=12, rings=2, histograms=6, orientations=8, normalization="l1")
+DAISY: dict[str, Any] = dict(step=4, radius=12, rings=2, histograms=6, orientations=8, normalization="l1")
 PCA_DIM = 64
 GMM_COMPONENTS = 32
 HOG_CELLS = 5
@@ -225,7 +226,8 @@ class Codebook:
         if recipe != RECIPE:
             raise TransferlabError(f"{path}: codebook made for recipe {recipe}, this is {RECIPE}; "
                                    "refit it with fit_codebook")
-        book = cls(*(np.asarray(contents[k], dtype=np.float64) for k in CODEBOOK_KEYS),
+        a = {k: np.asarray(contents[k], dtype=np.float64) for k in CODEBOOK_KEYS}
+        book = cls(a["pca_mean"], a["pca_components"], a["weights"], a["means"], a["variances"],
                    info={"images": [str(v) for v in contents.get("images", np.array([]))],
                          "n_descriptors": int(contents.get("n_descriptors", 0)), "path": str(path)})
         book.check(path)
@@ -318,11 +320,11 @@ def _photo_views(image) -> list[np.ndarray]:
     zoom = max(1, int(side / 1.5))
     left, top = (w - zoom) // 2, (h - zoom) // 2
     views.append(_pil_pixels(image.crop((left, top, left + zoom, top + zoom)).resize(
-        (INPUT_SIZE, INPUT_SIZE), Image.BILINEAR)))
+        (INPUT_SIZE, INPUT_SIZE), Image.Resampling.BILINEAR)))
     return views
 
 
-def skimage_photos() -> list[tuple[str, object]]:
+def skimage_photos() -> list[tuple[str, Any]]:
     """The scikit-image photos that load offline here, as (name, PIL RGB image)."""
     from PIL import Image
     from skimage import data

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,8 +58,8 @@ class Preprocessing:
             input_size=int(data["input_size"]),
             crop_pct=float(data["crop_pct"]),
             interpolation=str(data["interpolation"]),
-            mean=tuple(float(v) for v in data["mean"]),
-            std=tuple(float(v) for v in data["std"]),
+            mean=_rgb(data["mean"], "mean"),
+            std=_rgb(data["std"], "std"),
         )
 
     def crop_box(self, width: int, height: int) -> tuple[float, float, float, float]:
@@ -118,3 +119,11 @@ class Preprocessing:
 
 
 IMAGENET_INCEPTION = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+
+
+def _rgb(values: Any, name: str) -> tuple[float, float, float]:
+    """Three per-channel floats (a preprocessing read from JSON must have exactly three)."""
+    floats = [float(v) for v in values]
+    if len(floats) != 3:
+        raise ValueError(f"{name} needs 3 values (R, G, B), got {len(floats)}")
+    return floats[0], floats[1], floats[2]

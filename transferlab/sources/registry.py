@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -124,7 +125,7 @@ def _load_builtin(name: str) -> Source:
     family, _, arch = spec.arch.partition(":")
     model, adapter = _build(family, arch)
     if family == "timm":
-        state = efficientnet_pytorch_to_timm(state, [len(stage) for stage in model.blocks])
+        state = efficientnet_pytorch_to_timm(state, _stage_lengths(model))
     fit_state_dict(model, state, path)
     return _make_source(name, spec.arch, model, adapter, spec.preprocessing,
                         weights_id=f"{path.name}:{file_sha256(path)[:16]}", imagenet=True)
@@ -181,7 +182,7 @@ def _build(family: str, arch: str, num_classes: int | None = None,
 
         if not timm.is_model(arch):
             raise TransferlabError(f"timm has no architecture {arch!r} (see timm.list_models())")
-        kwargs = {} if num_classes is None else {"num_classes": num_classes}
+        kwargs: dict[str, Any] = {} if num_classes is None else {"num_classes": num_classes}
         native = _timm_native_size(arch)
         model = None
         if input_size is not None and input_size != native:
@@ -275,3 +276,12 @@ def list_builtin_sources() -> list[dict]:
          "input_size": spec.preprocessing.input_size}
         for spec in BUILTIN_SOURCES.values()
     ]
+
+
+def _stage_lengths(model: nn.Module) -> list[int]:
+    """Blocks per stage of a timm EfficientNet (``model.blocks`` is a Sequential of stages)."""
+    blocks = model.get_submodule("blocks")
+    stages = list(blocks.children())
+    if not isinstance(blocks, nn.Sequential) or not all(isinstance(s, nn.Sequential) for s in stages):
+        raise TransferlabError(f"{type(model).__name__}: expected timm EfficientNet stages in .blocks")
+    return [len(list(stage.children())) for stage in stages]
