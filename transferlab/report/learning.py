@@ -16,6 +16,9 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+from transferlab.report.formatting import embed_png, fmt_value
+from transferlab.report.tables import higher_better
+
 esc = html.escape
 KIND_ORDER = ("object", "scene", "hybrid", "concat")
 KIND_TITLES = {"object": "object (≈ ImageNet)", "scene": "scene (≈ Places)", "hybrid": "Hybrid (union of labels)",
@@ -27,25 +30,13 @@ KEEPS_MOST = 0.5  # a combined source "keeps most of both" when it recovers >= h
 
 
 # ------------------------------------------------------------------------------ helpers
-def _fmt(metric: str, value: float | None) -> str:
-    from transferlab.report.formatting import fmt_value
-
-    return fmt_value(metric, value)
-
-
 def cell_text(row: dict[str, Any]) -> str:
     """``82.0 [75.1, 88.3]`` when the row has an interval, else the bare value."""
-    text = _fmt(row["metric"], row.get("value"))
+    text = fmt_value(row["metric"], row.get("value"))
     low, high = row.get("low"), row.get("high")
     if low is not None and high is not None and all(math.isfinite(v) for v in (low, high)):
-        text += f" [{_fmt(row['metric'], low)}, {_fmt(row['metric'], high)}]"
+        text += f" [{fmt_value(row['metric'], low)}, {fmt_value(row['metric'], high)}]"
     return text
-
-
-def _higher_better(metric: str) -> bool:
-    from transferlab.report.tables import higher_better
-
-    return higher_better(metric)
 
 
 def _plain_rows(rows: Iterable[dict[str, Any]], finetune: str = "off") -> list[dict[str, Any]]:
@@ -94,7 +85,7 @@ def _best_in_column(cells: list[dict[str, Any] | None]) -> set[int]:
                and math.isfinite(c["value"])]
     if not present:
         return set()
-    pick = max if _higher_better(present[0][1]["metric"]) else min
+    pick = max if higher_better(present[0][1]["metric"]) else min
     top = pick(c["value"] for _, c in present)
     return {i for i, c in present if c["value"] == top}
 
@@ -241,7 +232,7 @@ def _distinct(a: dict[str, Any], b: dict[str, Any]) -> bool | None:
     """a better than b beyond the intervals (None: no intervals to tell)."""
     if a.get("low") is None or b.get("high") is None:
         return None
-    if _higher_better(a["metric"]):
+    if higher_better(a["metric"]):
         return a["low"] > b["high"]
     return a["high"] < b["low"]
 
@@ -268,7 +259,7 @@ def source_task_reading(chosen: dict[str, str], tasks: list[str], grid: dict, re
         a, b = grid.get((own, t)), grid.get((other, t))
         if not a or not b:
             continue
-        sign = 1 if _higher_better(a["metric"]) else -1
+        sign = 1 if higher_better(a["metric"]) else -1
         distinct = _distinct(a, b)
         if sign * (a["value"] - b["value"]) > 0 and distinct is not False:
             (wins if distinct in (True, None) else ties).append(t)
@@ -314,7 +305,6 @@ def source_task_reading(chosen: dict[str, str], tasks: list[str], grid: dict, re
 def early_stopping(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     """Per target task, transfer vs the snapshot's own source validation accuracy."""
     from transferlab.report import plots
-    from transferlab.report.formatting import embed_png
 
     plain = _plain_rows(rows)
     records = _records(meta)
@@ -376,7 +366,7 @@ def early_reading(families: dict, tasks: list[str], grid: dict, records: dict) -
             first, last = grid.get((names[0], t)), grid.get((names[-1], t))
             if first and last:
                 total += 1
-                sign = 1 if _higher_better(last["metric"]) else -1
+                sign = 1 if higher_better(last["metric"]) else -1
                 rises += sign * (last["value"] - first["value"]) > 0
     if not total:
         return "no reading: the last snapshots are near chance or have no results."
@@ -441,7 +431,7 @@ def finetune_table(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             off, on = grid_off.get((source, t)), grid_on.get((source, t))
             gain = None
             if off and on:
-                sign = 1 if _higher_better(on["metric"]) else -1
+                sign = 1 if higher_better(on["metric"]) else -1
                 gain = sign * (on["value"] - off["value"])
                 gains.append((t, gain))
             body.append([f'<th class="rowhead">{esc(t)}</th>',
