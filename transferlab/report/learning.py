@@ -16,6 +16,8 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+from transferlab.results.factors import learning_factors
+
 esc = html.escape
 KIND_ORDER = ("object", "scene", "hybrid", "concat")
 KIND_TITLES = {"object": "object (≈ ImageNet)", "scene": "scene (≈ Places)", "hybrid": "Hybrid (union of labels)",
@@ -187,7 +189,7 @@ def _int(value: Any) -> int:
 
 def _family(factors: dict[str, Any], without: str | set[str]) -> tuple:
     skip = {without} if isinstance(without, str) else set(without)
-    keys = ("arch", "width", "snapshot", "classes", "images_per_class", "source_task")
+    keys = [k for k in learning_factors() if k != "source"]  # the source's name differs per member
     return tuple(str(factors.get(k)) for k in keys if k not in skip)
 
 

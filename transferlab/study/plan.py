@@ -28,9 +28,6 @@ def factor_names() -> tuple[str, ...]:
     return tuple(f.name for f in setting_factors())
 
 
-FACTOR_NAMES = factor_names()  # the built-in ones; factor_names() also sees factors registered later
-
-
 class Setting:
     """One value of every post-learning factor of the table (``Setting(pca=64)``: the rest at
     their Deep Standard defaults). Immutable and hashable; the typed properties read the
