@@ -6,6 +6,7 @@ import argparse
 
 from transferlab.commands._common import non_negative_int, print_json
 from transferlab.commands.extract import add_runtime_arguments
+from transferlab.results.factors import NORMALISATIONS
 
 
 def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
@@ -36,7 +37,7 @@ def add_setting_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layer", default="-1", help="layer index from the top (-1, -2, ...) or module name [-1]")
     p.add_argument("--pool", default="avg", help="pooling: avg, max, gem, gridK, rmac; token layers also cls, "
                    "cls+avg [avg]")
-    p.add_argument("--norm", default="l2", choices=["none", "l2", "power", "l2+power"], help="normalisation [l2]")
+    p.add_argument("--norm", default="l2", choices=list(NORMALISATIONS), help="normalisation [l2]")
     p.add_argument("--pca", type=non_negative_int, default=0, help="PCA dims, 0 = none [0]")
     p.add_argument("--views", default="orig", choices=["orig", "orig+flip"], help="flip augmentation [orig]")
 

@@ -57,13 +57,19 @@ from transferlab.report.tables import (
     value_label,
     varying_factors,
 )
+from transferlab.results.factors import get_factor, setting_factors
 
 SIGNIFICANCE = 0.05
 
 SCORES: dict[str, str] = {"logme": "LogME", "knn1": "1-NN accuracy (leave-one-out)"}
 """Transferability scores stored in a probe row's ``extra``, with their display names."""
 
-POST_PROCESSING = ("normalisation", "pca", "views", "finetune")
+
+
+def post_processing() -> tuple[str, ...]:
+    """The setting factors that post-process the features rather than pick them (every one
+    but layer and pooling: results.factors' ``representation``)."""
+    return tuple(f.name for f in setting_factors() if not f.representation)
 
 
 # --------------------------------------------------------------------------- results
@@ -371,8 +377,7 @@ def _standard_post(summary: TaskSummary, meta: dict[str, Any]) -> dict[str, Any]
     if standard is None and summary.standard is not None:
         standard = summary.standard["factors"]
     standard = standard or {}
-    defaults = {"normalisation": "l2", "pca": 0, "views": "orig", "finetune": "off"}
-    return {k: standard.get(k, defaults[k]) for k in POST_PROCESSING}
+    return {k: standard.get(k, get_factor(k).default) for k in post_processing()}
 
 
 def _finite(value: Any) -> bool:
@@ -394,7 +399,7 @@ def transferability(
             if not having:
                 continue
             rows = [r for r in having
-                    if all(value_key(r["factors"].get(k, post[k])) == value_key(post[k]) for k in POST_PROCESSING)]
+                    if all(value_key(r["factors"].get(k, post[k])) == value_key(post[k]) for k in post)]
             seen: dict[str, dict[str, Any]] = {}
             for r in rows:  # one row per (source, layer, pooling): an optimal re-run repeats a sweep row
                 seen.setdefault(value_key([r["source"], r["factors"].get("layer"), r["factors"].get("pooling")]), r)

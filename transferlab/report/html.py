@@ -33,7 +33,6 @@ from transferlab.report.formatting import (
     study_name,
 )
 from transferlab.report.tables import (
-    FACTOR_TITLES,
     FactorTable,
     TaskInfo,
     TaskSummary,
@@ -51,6 +50,7 @@ from transferlab.report.tables import (
     value_label,
     varying_factors,
 )
+from transferlab.results.factors import factor_title
 
 REPORT_NAME = "report.html"
 CSV_NAME = "results.csv"
@@ -95,7 +95,7 @@ def render_report(rows: list[dict[str, Any]], meta: dict[str, Any], *, title_fal
     parts.append(("best-factors", "Best factor values per task", _best_factor_table(summaries, varying, rows)))
     for factor in varying:
         body = _factor_section(factor, factors[factor], summaries, items)
-        parts.append((f"factor-{factor}", f"Factor: {FACTOR_TITLES.get(factor, factor)}", body))
+        parts.append((f"factor-{factor}", f"Factor: {factor_title(factor)}", body))
     extras = _extra_sections(rows, resolved_meta)
     parts.append(("protocols", "Protocol behind each number", _protocols(summaries)))
 
@@ -299,7 +299,7 @@ def _best_factor_table(summaries: list[TaskSummary], varying: list[str], rows: l
             )
             css = ' class="changed"' if changed else ""
             cells.append(f"<td{css}>{esc(_factor_text(s.optimal, factor))}</td>")
-        body.append(f'<tr><th class="rowhead">{esc(FACTOR_TITLES.get(factor, factor))}</th>{"".join(cells)}</tr>')
+        body.append(f'<tr><th class="rowhead">{esc(factor_title(factor))}</th>{"".join(cells)}</tr>')
     summary_rows = [
         ("Deep Standard", [fmt_row(s.metric, s.standard) for s in summaries]),
         ("Deep Optimal", [fmt_row(s.metric, s.optimal) for s in summaries]),
@@ -354,7 +354,7 @@ def _factor_section(factor: str, all_values: list[Any], summaries: list[TaskSumm
         )
     all_standard_ref = all(table.references[t.name] == "standard" for t in tasks)
     reference = "Deep Standard" if all_standard_ref else "reference"
-    title = f"{FACTOR_TITLES.get(factor, factor)}: metric relative to {reference}"
+    title = f"{factor_title(factor)}: metric relative to {reference}"
     png = plots.factor_plot(title, tasks, series, reference, legend_title=factor)
     best_mode = [t.name for t in tasks if table.modes[t.name] == "best"]
     caption = [

@@ -18,6 +18,7 @@ from typing import Any
 
 from transferlab.report.formatting import embed_png, fmt_value
 from transferlab.report.tables import higher_better
+from transferlab.results.factors import learning_factors
 
 esc = html.escape
 KIND_ORDER = ("object", "scene", "hybrid", "concat")
@@ -178,7 +179,7 @@ def _int(value: Any) -> int:
 
 def _family(factors: dict[str, Any], without: str | set[str]) -> tuple:
     skip = {without} if isinstance(without, str) else set(without)
-    keys = ("arch", "width", "snapshot", "classes", "images_per_class", "source_task")
+    keys = [k for k in learning_factors() if k != "source"]  # the source's name differs per member
     return tuple(str(factors.get(k)) for k in keys if k not in skip)
 
 

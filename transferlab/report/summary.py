@@ -11,8 +11,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from transferlab.results.factors import setting_factors
 from transferlab.results.store import ResultStore
-from transferlab.study.plan import FACTOR_NAMES
 
 
 def _summaries(run_dir: str | Path, current: bool = True):
@@ -38,7 +38,7 @@ def summary_table(run_dir: str | Path) -> str:
         best, standard = summary.optimal, summary.standard
         config = "-" if best is not None else f"none ({summary.no_selection})"
         if best is not None:
-            changed = [f"{k}={best['factors'][k]}" for k in FACTOR_NAMES
+            changed = [f"{k}={best['factors'][k]}" for k in (f.name for f in setting_factors())
                        if k in best["factors"] and best["factors"][k] != standard_setting.get(k)]
             config = ", ".join([best["source"]] + changed)
         if too_small(summary):

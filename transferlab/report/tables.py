@@ -15,31 +15,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from transferlab.errors import TransferlabError
-from transferlab.results.store import LEARNING_FACTORS, ordered_factors
+from transferlab.results.factors import (
+    descriptive_factors,
+    learning_factors,
+    ordered_factors,
+    sorts_from_top,
+)
 
-# Keys that describe a row without being factors: the module name of the layer, and the
-# study's role for the job ("sweep" = one-at-a-time or grid job, "optimal" = the combined
-# best-per-factor setting evaluated afterwards).
-DESCRIPTIVE_FACTORS = frozenset({"layer_name", "sweep"})
-
-FACTOR_TITLES = {
-    "source": "source network",
-    "source_task": "source task",
-    "arch": "network depth / architecture",
-    "width": "network width",
-    "snapshot": "early stopping (training snapshot)",
-    "classes": "source diversity (number of classes)",
-    "images_per_class": "source density (images per class)",
-    "layer": "representation layer",
-    "pooling": "spatial pooling",
-    "normalisation": "normalisation",
-    "pca": "dimensionality reduction (PCA)",
-    "views": "augmentation (views)",
-    "finetune": "fine-tuning",
-    "qe": "query expansion (retrieval)",
-    "head": "head",
-    "loss": "probe loss",
-}
+# Factor titles, the keys that only describe a row (``layer_name``, ``sweep``), the learning
+# factors and every reading order come from results.factors' table.
 
 
 @dataclass(frozen=True)
@@ -121,16 +105,17 @@ def value_label(value: Any) -> str:
 
 
 def value_order(factor: str, values: Iterable[Any]) -> list[Any]:
-    """Distinct values in reading order: numbers ascending (layers from the top: -1, -2, ...),
-    then text alphabetically."""
+    """Distinct values in reading order: numbers ascending (a factor the table sorts from the
+    top, the layer: -1, -2, ...), then text alphabetically."""
     unique = {value_key(v): v for v in values}
+    from_top = sorts_from_top(factor)
 
     def key(v: Any) -> tuple:
         if isinstance(v, bool) or v is None:
             return (0, float(bool(v)), "")
         if isinstance(v, (int, float)):
             number = float(v)
-            return (1, -number if factor == "layer" and number < 0 else number, "")
+            return (1, -number if from_top and number < 0 else number, "")
         return (2, 0.0, value_label(v))
 
     return sorted(unique.values(), key=key)
@@ -168,7 +153,8 @@ def error_reduction(metric: str, standard: float, optimal: float) -> float | Non
 def config_of(row: dict[str, Any]) -> dict[str, Any]:
     """Source plus factor values, without descriptive keys."""
     config = {"source": row["source"]}
-    config.update({k: v for k, v in row["factors"].items() if k not in DESCRIPTIVE_FACTORS})
+    descriptive = descriptive_factors()
+    config.update({k: v for k, v in row["factors"].items() if k not in descriptive})
     return config
 
 
@@ -367,7 +353,7 @@ def _held(factor: str, standard: dict[str, Any]) -> dict[str, Any]:
     """
     config = config_of(standard)
     config.pop(factor, None)
-    if factor in LEARNING_FACTORS and factor != "source":
+    if factor in learning_factors() and factor != "source":
         config.pop("source", None)
     return config
 

@@ -32,6 +32,7 @@ from typing import Any
 from transferlab.atomic import atomic_write_text
 from transferlab.errors import TransferlabError
 from transferlab.results.encoding import dumps, finite_or_none
+from transferlab.results.factors import ordered_factors  # reading order of the CSV columns
 
 SCHEMA_VERSION = 1
 DB_NAME = "results.sqlite"
@@ -46,13 +47,6 @@ PROVENANCE_PACKAGES = {
     "numpy": "numpy",
     "sklearn": "scikit-learn",
 }
-# Reading order of factors (learning factors first, then post-learning ones, as in the paper);
-# CSV columns, report rows and tables follow it, unknown factors come after, alphabetically.
-LEARNING_FACTORS = ("source", "source_task", "arch", "width", "snapshot", "classes", "images_per_class")
-POST_LEARNING_FACTORS = (
-    "layer", "layer_name", "pooling", "normalisation", "pca", "views", "finetune", "qe", "head", "loss", "sweep",
-)  # fmt: skip
-FACTOR_ORDER = LEARNING_FACTORS + POST_LEARNING_FACTORS
 PROVENANCE_KEYS = ("identity", "config_hash", "versions", "git_commit", "seed", "device", "created", "placement")
 
 _COLUMNS = (
@@ -516,12 +510,6 @@ def _unpack_items(blob: bytes) -> dict[str, Any] | None:
             return {k: data[k] for k in data.files}
     except (OSError, ValueError):
         return None
-
-
-def ordered_factors(names: Any) -> list[str]:
-    """Factor names in FACTOR_ORDER, then the others alphabetically."""
-    names = set(names)
-    return [n for n in FACTOR_ORDER if n in names] + sorted(names - set(FACTOR_ORDER))
 
 
 def _switch_to_wal(conn: sqlite3.Connection, attempts: int = 50) -> str:

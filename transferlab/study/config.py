@@ -1,8 +1,9 @@
 """Study configuration: one YAML file naming sources, tasks and the factor values to try.
 
 Validated with pydantic; unknown keys and bad values are errors that name the key. The
-defaults are the paper's "Deep Standard": last layer, average pooling, L2, no PCA, no
-augmentation, no fine-tuning.
+``factors:`` block is made from results.factors' table (config keys, value checks, defaults:
+the paper's "Deep Standard": last layer, average pooling, L2, no PCA, no augmentation, no
+fine-tuning).
 """
 
 from __future__ import annotations
@@ -11,20 +12,28 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
 
 from transferlab.errors import TransferlabError
-
-NORMALISATIONS = ("none", "l2", "power", "l2+power")
+from transferlab.results.factors import Factor, attach_check, config_factors, get_factor, on_change
 
 # range-checked numbers: every count >= 1, every "0 = off" >= 0, every rate finite and > 0
 PositiveInt = Annotated[int, Field(ge=1)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
-VIEW_CHOICES = ("orig", "orig+flip")
 # Version of how a row is evaluated (validation score, test subset, intervals): rows of an
 # older protocol are never reused as if they were current.
 EVALUATION_PROTOCOL = 2
@@ -111,57 +120,57 @@ class FinetuneConfig(_Strict):
     input_size: Annotated[int, Field(ge=16)] | None = None
 
 
-class Factors(_Strict):
-    """Values to try for each post-learning factor; the first value is the standard one."""
+class FactorsConfig(_Strict):
+    """Values to try for each post-learning factor; the first value is the standard one.
 
-    layers: list[int | str] = Field(default_factory=lambda: list[int | str]([-1]))
-    pooling: list[str] = Field(default_factory=lambda: ["avg"])
-    normalisation: list[str] = Field(default_factory=lambda: ["l2"])
-    pca_dims: list[NonNegativeInt] = Field(default_factory=lambda: [0])
-    views: list[str] = Field(default_factory=lambda: ["orig"])
-    finetune: list[Literal["off", "on"]] = Field(default_factory=lambda: list[Literal["off", "on"]](["off"]))
+    The fields are not written here: ``_factors_model`` makes one per factor of the
+    ``factors`` block in results.factors' table (its config key, default and value check),
+    and rebuilds the model when a factor is registered.
+    """
 
-    @field_validator("pooling")
-    @classmethod
-    def _pooling(cls, value: list[str]) -> list[str]:
-        from transferlab.features.pooling import validate_pooling
+    if TYPE_CHECKING:
+        def __getattr__(self, key: str) -> list[Any]: ...
 
-        for p in value:
-            try:
-                validate_pooling(p)
-            except TransferlabError as exc:
-                raise ValueError(str(exc)) from None
-        return value
-
-    @field_validator("normalisation")
-    @classmethod
-    def _norm(cls, value: list[str]) -> list[str]:
-        bad = [v for v in value if v not in NORMALISATIONS]
-        if bad:
-            raise ValueError(f"unknown normalisation {bad[0]!r}; choose from {', '.join(NORMALISATIONS)}")
-        return value
-
-    @field_validator("pca_dims")
-    @classmethod
-    def _pca(cls, value: list[int]) -> list[int]:
-        if any(d < 0 for d in value):
-            raise ValueError("PCA dims must be >= 0 (0 = no PCA)")
-        return value
-
-    @field_validator("views")
-    @classmethod
-    def _views(cls, value: list[str]) -> list[str]:
-        bad = [v for v in value if v not in VIEW_CHOICES]
-        if bad:
-            raise ValueError(f"unknown views {bad[0]!r}; choose from {', '.join(VIEW_CHOICES)}")
-        return value
+    def values_of(self, factor: str) -> list[Any]:
+        """The listed values of a factor, by its name in the table (``pca``, not ``pca_dims``)."""
+        key = get_factor(factor).config_key
+        return list(getattr(self, key or factor))
 
     @model_validator(mode="after")
-    def _non_empty(self) -> Factors:
+    def _non_empty(self) -> FactorsConfig:
         for name in type(self).model_fields:
             if not getattr(self, name):
                 raise ValueError(f"factor {name} needs at least one value")
         return self
+
+
+def _factor_field(factor: Factor) -> tuple[Any, Any]:
+    """(annotation, field) of one factor's list of values: the table's type, check, default."""
+    name = factor.name
+
+    def check(values: list[Any]) -> list[Any]:
+        for value in values:
+            get_factor(name).validate(value)  # the live entry: a check attached later applies
+        return values
+
+    default = factor.default
+    return (Annotated[list[factor.value_type], AfterValidator(check)],  # type: ignore[name-defined]
+            Field(default_factory=lambda: [default]))
+
+
+def _factors_model() -> type[FactorsConfig]:
+    fields: dict[str, Any] = {f.config_key or f.name: _factor_field(f) for f in config_factors("factors")}
+    return create_model("Factors", __base__=FactorsConfig, **fields)
+
+
+def _check_pooling(name: Any) -> None:
+    """Pooling names are features.pooling's registry (a layer above results.factors)."""
+    from transferlab.features.pooling import validate_pooling
+
+    validate_pooling(name)
+
+
+attach_check("pooling", _check_pooling)
 
 
 class Execution(_Strict):
@@ -184,7 +193,7 @@ class StudyConfig(_Strict):
     quick: bool = False
     sweep: Literal["one_at_a_time", "grid"] = "one_at_a_time"
     optimal: bool = True  # also evaluate the combination of each factor's best value
-    factors: Factors = Field(default_factory=Factors)
+    factors: FactorsConfig = Field(default_factory=FactorsConfig)  # the table's model: _use_factor_table
     probe: ProbeConfig = Field(default_factory=ProbeConfig)
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
@@ -239,6 +248,18 @@ class StudyConfig(_Strict):
         if self.data_root:
             return str(Path(self.data_root) / task.name)
         return None
+
+
+def _use_factor_table() -> None:
+    """Give StudyConfig.factors the model of the current factor table (at import and after
+    every registration, so a factor registered by a plugin is a config key at once)."""
+    model = _factors_model()
+    StudyConfig.__pydantic_fields__["factors"] = FieldInfo.from_annotated_attribute(model, Field(default_factory=model))
+    StudyConfig.model_rebuild(force=True)
+
+
+_use_factor_table()
+on_change(_use_factor_table)
 
 
 def _format_errors(exc: ValidationError, source: str) -> str:

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from transferlab.results.factors import config_factors
 from transferlab.study.config import StudyConfig
+
+# The smoke test keeps two layers and two poolings, the first value of every other factor,
+# and never fine-tunes (each factor of the table's ``factors`` block, by config key).
+QUICK_KEEP = {"layer": 2, "pooling": 2}
+QUICK_DEFAULT = {"finetune"}
 
 
 def offline_config_path() -> Path:
@@ -13,14 +19,12 @@ def offline_config_path() -> Path:
 
 def quick_variant(config: StudyConfig) -> StudyConfig:
     """The ~30 s smoke test: the standard source only, two layers and two poolings, small test sets."""
-    factors = config.factors.model_copy(update={
-        "layers": config.factors.layers[:2],
-        "pooling": config.factors.pooling[:2],
-        "normalisation": config.factors.normalisation[:1],
-        "pca_dims": config.factors.pca_dims[:1],
-        "views": config.factors.views[:1],
-        "finetune": ["off"],
-    })
+    update = {}
+    for factor in config_factors():
+        listed = config.factors.values_of(factor.name)
+        key = factor.config_key or factor.name
+        update[key] = [factor.default] if factor.name in QUICK_DEFAULT else listed[:QUICK_KEEP.get(factor.name, 1)]
+    factors = config.factors.model_copy(update=update)
     tasks = [t.model_copy(update={"options": {k: v for k, v in t.options.items() if k != "quick"}})
              for t in config.tasks]  # the small versions throughout: a smoke test, not an answer
     return config.model_copy(update={

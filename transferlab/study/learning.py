@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -143,7 +142,7 @@ def learning_settings(settings: list, finetune: bool) -> list:
     keep = [settings[0]]
     if finetune:
         keep += [(s, std) for s, std in settings[1:]
-                 if s.finetune == "on" and replace(s, finetune=standard.finetune) == standard]
+                 if s.finetune == "on" and s.with_values(finetune=standard.finetune) == standard]
     return keep
 
 

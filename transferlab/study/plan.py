@@ -11,42 +11,106 @@ import hashlib
 import itertools
 import json
 import sys
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from transferlab.data.base import TaskData, image_splits
 from transferlab.data.tasks import TaskSpec, get_task, load_task
 from transferlab.errors import TransferlabError
+from transferlab.results.factors import postprocess_spec, setting_factors
 from transferlab.results.store import job_key_of
 from transferlab.sources.concat import concat_members  # noqa: F401 - re-exported for the study modules
 from transferlab.study.config import SourceEntry, StudyConfig
 
-FACTOR_NAMES = ("layer", "pooling", "normalisation", "pca", "views", "finetune", "qe")
-@dataclass(frozen=True)
-class Setting:
-    """One value of every post-learning factor."""
 
-    layer: int | str = -1
-    pooling: str = "avg"
-    normalisation: str = "l2"
-    pca: int = 0
-    views: str = "orig"
-    finetune: str = "off"
-    qe: int = 0
+def factor_names() -> tuple[str, ...]:
+    """The factors of a job's setting (results.factors' table, in reading order)."""
+    return tuple(f.name for f in setting_factors())
+
+
+class Setting:
+    """One value of every post-learning factor of the table (``Setting(pca=64)``: the rest at
+    their Deep Standard defaults). Immutable and hashable; the typed properties read the
+    values the evaluation code uses."""
+
+    __slots__ = ("_values",)
+    _values: tuple[tuple[str, Any], ...]
+
+    def __init__(self, **values: Any) -> None:
+        factors = setting_factors()
+        unknown = set(values) - {f.name for f in factors}
+        if unknown:
+            raise TransferlabError(f"unknown factor {sorted(unknown)[0]!r} in a setting; "
+                                   f"the setting's factors are {', '.join(f.name for f in factors)}")
+        object.__setattr__(self, "_values", tuple((f.name, values.get(f.name, f.default)) for f in factors))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("a Setting is immutable: use with_values()")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_restore_setting, (self._values,))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Setting) and _comparable(self._values) == _comparable(other._values)
+
+    def __hash__(self) -> int:
+        return hash(_comparable(self._values))
+
+    def __repr__(self) -> str:
+        return f"Setting({', '.join(f'{k}={v!r}' for k, v in self._values)})"
+
+    def value(self, factor: str) -> Any:
+        return dict(self._values)[factor]
+
+    def with_values(self, **values: Any) -> Setting:
+        return Setting(**{**self.as_dict(), **values})
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return dict(self._values)
+
+    @property
+    def layer(self) -> int | str:
+        return self.value("layer")
+
+    @property
+    def pooling(self) -> str:
+        return self.value("pooling")
+
+    @property
+    def normalisation(self) -> str:
+        return self.value("normalisation")
+
+    @property
+    def pca(self) -> int:
+        return self.value("pca")
+
+    @property
+    def views(self) -> str:
+        return self.value("views")
+
+    @property
+    def finetune(self) -> str:
+        return self.value("finetune")
+
+    @property
+    def qe(self) -> int:
+        return self.value("qe")
 
     def postprocess_spec(self, retrieval_whiten: bool = False) -> str:
-        """The paper's order: L2 -> PCA (or PCA-whitening) -> power -> L2."""
+        """The paper's order: L2 -> PCA (or PCA-whitening) -> power -> L2 (results.factors.NORMALISATIONS)."""
         pca = f"pca{'w' if retrieval_whiten else ''}{self.pca}" if self.pca else ""
-        steps = {
-            "none": ["l2", pca] if pca else [],
-            "l2": ["l2", pca, "l2"] if pca else ["l2"],
-            "power": (["l2", pca] if pca else []) + ["power", "l2"],
-            "l2+power": ["l2", pca, "power", "l2"] if pca else ["l2", "power", "l2"],
-        }[self.normalisation]
-        return ",".join(step for step in steps if step) or "none"
+        return postprocess_spec(self.normalisation, pca)
+
+
+def _comparable(values: tuple[tuple[str, Any], ...]) -> tuple[tuple[str, Any], ...]:
+    """Values as hashable keys: a factor value may be a list (JSON), compared by content."""
+    return tuple((k, json.dumps(v, sort_keys=True) if isinstance(v, (list, dict)) else v) for k, v in values)
+
+
+def _restore_setting(values: tuple[tuple[str, Any], ...]) -> Setting:
+    setting = object.__new__(Setting)
+    object.__setattr__(setting, "_values", values)
+    return setting
 
 
 @dataclass(frozen=True)
@@ -69,9 +133,9 @@ class Job:
         return job_key_of(self.source, self.task, self.factors(), self.identity or None)
 
     def factors(self) -> dict[str, Any]:
-        values = self.setting.as_dict()
-        if self.kind == "probe":
-            values.pop("qe")
+        """The stored row's factors: the setting's (those its kind records), role, learning factors."""
+        recorded = {f.name for f in setting_factors() if self.kind in f.recorded_for}
+        values = {k: v for k, v in self.setting.as_dict().items() if k in recorded}
         values["sweep"] = "optimal" if self.optimal else "sweep"
         values.update(dict(self.learning))
         return values
@@ -183,13 +247,11 @@ def repeatable(spec: TaskSpec) -> bool:
 
 def settings_for(config: StudyConfig, retrieval: bool) -> list[tuple[Setting, bool]]:
     """(setting, is_standard) pairs: one-at-a-time from the standard, or the full grid."""
-    f = config.factors
-    values: dict[str, list[Any]] = {
-        "layer": f.layers, "pooling": f.pooling, "normalisation": f.normalisation,
-        "pca": f.pca_dims, "views": ["orig"] if retrieval else f.views,  # retrieval ranks orig only
-        "finetune": ["off"] if retrieval else f.finetune,
-        "qe": config.retrieval.qe if retrieval else [0],
-    }
+    kind = "retrieval" if retrieval else "probe"
+    values: dict[str, list[Any]] = {}
+    for factor in setting_factors():  # e.g. retrieval ranks the original view only, probes have no QE
+        listed = list(getattr(getattr(config, factor.block), factor.config_key or factor.name))
+        values[factor.name] = listed if kind in factor.varies_for else [factor.default]
     standard = Setting(**{name: vals[0] for name, vals in values.items()})
     if config.sweep == "grid":
         names = list(values)
@@ -197,7 +259,7 @@ def settings_for(config: StudyConfig, retrieval: bool) -> list[tuple[Setting, bo
     else:
         out = [standard]
         for name, vals in values.items():
-            out.extend(replace(standard, **{name: v}) for v in vals[1:])
+            out.extend(standard.with_values(**{name: v}) for v in vals[1:])
     unique = list(dict.fromkeys(out))
     return [(s, s == standard) for s in unique]
 
