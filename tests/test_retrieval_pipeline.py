@@ -155,3 +155,21 @@ def test_pipeline_order_and_settings_object_agree():
     assert retrieve(q, db, dba=3, qe=4, alpha=2.0, postprocess=post, device="cpu").tolist() == by_hand.tolist()
     assert settings.describe("l2,pcaw4,l2") == \
         "l2,pcaw4,l2 -> alpha-DBA 3 (alpha 2) -> cosine rank -> alpha-QE 4 (alpha 2) -> re-rank"
+
+
+@pytest.mark.slow  # ~20 s: sub-window features of a second layer
+def test_spatial_search_rows_in_a_grid_study_and_the_report(tmp_path, capsys):
+    from transferlab.report.html import build_report
+
+    rows = study_rows(tmp_path, "grid", {"qe": [0, 2], "dba": 3}, sweep="grid",
+                      factors={"layers": [-2], "pooling": ["avg", "windows"]})
+    settings = sorted((r["factors"]["pooling"], r["factors"]["qe"]) for r in rows)
+    assert settings == [("avg", 0), ("avg", 2), ("windows", 0)]  # QE never expands sub-windows
+    (spatial,) = [r for r in rows if r["factors"]["pooling"] == "windows"]
+    assert spatial["extra"]["pipeline"] == "l2 -> l2 per window -> spatial search" and spatial["extra"]["dba"] == 0
+    cli = run_json(capsys, ["retrieve", "--source", TINY["spec"], "--weights", "none", "--task", "photo_copies",
+                            "--quick", "--layer", "-2", "--spatial-search", "--cache", str(tmp_path / "store"),
+                            "--no-progress", "--json"])
+    assert cli["value"] == spatial["metrics"]["official"]
+    page = build_report(tmp_path / "grid").read_text()
+    assert "Retrieval pipeline" in page and "DBA 3, plain means (AQE)" in page and "DBA off" in page
