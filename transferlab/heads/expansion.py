@@ -20,7 +20,7 @@ from transferlab.heads.ranking import (
     as_pair,
     as_ranking,
     chunk_starts,
-    positive_int,
+    count,
     rank,
 )
 
@@ -85,7 +85,7 @@ def expand_queries(
     vector weighted by max(cos(q, d), 0) ** alpha. All vectors are L2-normalised first.
     """
     q, d = as_pair(queries, database)
-    k = positive_int(k, "k", allow_none=False, minimum=0)
+    k = count(k, "k")
     alpha = check_alpha(alpha)
     if k == 0 or q.shape[0] == 0:
         return l2_normalize(q)
@@ -142,7 +142,7 @@ def database_augmentation(
     clamped. Returns L2-normalised float32 (n_db, D); the k-NN search is blocked.
     """
     d = as_array(database, "database", 2)
-    k = positive_int(k, "k", allow_none=False)
+    k = count(k, "k", minimum=1)
     alpha = check_alpha(alpha)
     n = d.shape[0]
     k = min(k, n)

@@ -52,8 +52,14 @@ def check_metric(metric: str) -> None:
 
 
 def positive_int(value: Any, name: str, allow_none: bool = True, minimum: int = 1) -> int | None:
+    """``value`` as an int >= ``minimum`` (None passes when ``allow_none``); a one-line error naming it."""
     if value is None and allow_none:
         return None
+    return count(value, name, minimum)
+
+
+def count(value: Any, name: str, minimum: int = 0) -> int:
+    """``value`` as an int >= ``minimum`` (a neighbour count, 0 = off); a one-line error naming it."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise TransferlabError(f"{name} must be an integer >= {minimum}, not {value!r}")
     return int(value)

@@ -33,7 +33,7 @@ from transferlab.heads.ranking import (
     as_array,
     as_pair,
     check_metric,
-    positive_int,
+    count,
     rank,
     similarities,
 )
@@ -77,8 +77,8 @@ class RetrievalSettings:
 
     def __post_init__(self) -> None:
         check_metric(self.metric)
-        positive_int(self.dba, "dba", allow_none=False, minimum=0)
-        positive_int(self.qe, "qe", allow_none=False, minimum=0)
+        count(self.dba, "dba")
+        count(self.qe, "qe")
         check_alpha(self.alpha)
         if not isinstance(self.spatial, bool):
             raise TransferlabError(f"spatial must be True or False, not {self.spatial!r}")
