@@ -173,3 +173,27 @@ def test_spatial_search_rows_in_a_grid_study_and_the_report(tmp_path, capsys):
     assert cli["value"] == spatial["metrics"]["official"]
     page = build_report(tmp_path / "grid").read_text()
     assert "Retrieval pipeline" in page and "DBA 3, plain means (AQE)" in page and "DBA off" in page
+
+
+def test_spatial_pipeline_post_processes_every_window():
+    from transferlab.features.postprocess import build_postprocess, l2_normalize
+    from transferlab.heads.spatial import spatial_search_rank
+
+    rng = np.random.default_rng(1)
+    qw = rng.standard_normal((4, 3, 8)).astype(np.float32)
+    dw = rng.standard_normal((12, 5, 8)).astype(np.float32)
+    held = rng.standard_normal((10, 5, 8)).astype(np.float32)
+    valid = rng.random((12, 5)) > 0.3
+    valid[:, 0] = True
+
+    def by_hand(fit_rows):
+        post = build_postprocess("l2,pcaw4,l2").fit(fit_rows)
+        q = l2_normalize(post.transform(qw.reshape(-1, 8)).reshape(4, 3, 4))
+        d = l2_normalize(post.transform(dw.reshape(-1, 8)).reshape(12, 5, 4))
+        return spatial_search_rank(q, d, db_mask=valid, device="cpu").tolist()
+
+    out = retrieve(qw, dw, spatial=True, postprocess="l2,pcaw4,l2", fit_on=held, db_mask=valid, device="cpu")
+    assert out.tolist() == by_hand(held.reshape(-1, 8))
+    # without a held-out set the spec is fit on the database's valid windows, never the masked ones
+    out = retrieve(qw, dw, spatial=True, postprocess="l2,pcaw4,l2", db_mask=valid, device="cpu")
+    assert out.tolist() == by_hand(dw[valid])

@@ -203,11 +203,14 @@ def _retrieve_spatial(
     q_mask: Any, db_mask: Any, top_k: int | None, device: torch.device,
 ) -> np.ndarray:
     """Spatial search with the post-processing per window: postprocess -> L2 -> search."""
-    qw, dw, _, _ = windows_pair(query_windows, db_windows, q_mask, db_mask)
+    qw, dw, _, valid = windows_pair(query_windows, db_windows, q_mask, db_mask)
+    flat_q, flat_d = qw.reshape(-1, qw.shape[2]), dw.reshape(-1, dw.shape[2])
     held = None
-    if fit_on is not None:
-        held = as_array(fit_on, "fit_on", 3 if np.ndim(fit_on) == 3 else 2)
-        held = held.reshape(-1, held.shape[-1])
-    flat_q, flat_d = _postprocessed(postprocess, held, qw.reshape(-1, qw.shape[2]), dw.reshape(-1, dw.shape[2]))
+    if fit_on is not None:  # held-out windows (n, R, D) or vectors (n, D)
+        held = np.asarray(fit_on)
+        held = held.reshape(-1, held.shape[-1]) if held.ndim == 3 else held
+    elif isinstance(postprocess, str) and not valid.all():
+        held = flat_d[valid.reshape(-1)]  # a spec is fit on the database's valid windows only
+    flat_q, flat_d = _postprocessed(postprocess, held, flat_q, flat_d)
     qw, dw = flat_q.reshape(*qw.shape[:2], -1), flat_d.reshape(*dw.shape[:2], -1)
     return spatial_search_rank(l2_normalize(qw), l2_normalize(dw), q_mask, db_mask, top_k=top_k, device=device)
