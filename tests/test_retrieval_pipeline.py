@@ -116,9 +116,10 @@ def test_bad_cli_values_are_one_line(capsys):
         assert info.value.code == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert word in err[-1]
-    assert main(argv + ["--spatial-search", "--qe", "2", "--layer", "-2", "--no-progress"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "spatial search" in err and "qe (2)" in err
+    for extra, word in ((["--qe", "2"], "qe (2)"), (["--dba", "3"], "dba (3)")):
+        assert main(argv + ["--spatial-search", *extra, "--layer", "-2", "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "spatial search" in err and word in err
 
 
 def test_python_settings_are_checked():

@@ -48,12 +48,15 @@ def run(args: argparse.Namespace) -> int:
 
     from transferlab.data.tasks import get_task
     from transferlab.errors import TransferlabError
+    from transferlab.heads.retrieval import RetrievalSettings
     from transferlab.study.config import RetrievalConfig
     from transferlab.study.evaluation import evaluate_retrieval_job
     from transferlab.study.plan import Job
 
     if args.spatial_search:
         args.pool = "windows"
+    # checked before any image is read: e.g. DBA or QE with spatial search is one line here
+    RetrievalSettings(metric=args.metric, dba=args.dba, qe=args.qe, alpha=args.alpha, spatial=args.spatial_search)
     setting = setting_from(args, qe=args.qe)
     if setting.views != "orig":
         raise TransferlabError("--views orig+flip is for probes; retrieval uses the original images")

@@ -10,7 +10,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -23,6 +23,9 @@ from transferlab.features.postprocess import L2Normalize, build_postprocess
 from transferlab.results.store import ResultRow
 from transferlab.study.config import ProbeConfig, RetrievalConfig
 from transferlab.study.plan import Job, Setting
+
+if TYPE_CHECKING:
+    from transferlab.heads.retrieval import RetrievalSettings
 
 
 class Features(Protocol):
@@ -284,7 +287,7 @@ def evaluate_retrieval_job(job: Job, task: TaskData, features: Features, config:
     return row
 
 
-def retrieval_settings(setting: Setting, config: RetrievalConfig):
+def retrieval_settings(setting: Setting, config: RetrievalConfig) -> RetrievalSettings:
     """The ``heads.retrieval.RetrievalSettings`` of a study job: the ``qe`` factor, and
     ``retrieval.metric``/``dba``/``alpha``; pooling ``windows`` is spatial search (no DBA, no QE)."""
     from transferlab.heads.retrieval import RetrievalSettings
