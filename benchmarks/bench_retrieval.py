@@ -22,7 +22,9 @@ import numpy as np
 import torch
 
 from transferlab.atomic import atomic_write_text
-from transferlab.heads.retrieval import rank, resolve_device, spatial_search_distances
+from transferlab.device import resolve_device
+from transferlab.heads.ranking import rank
+from transferlab.heads.spatial import spatial_search_distances
 
 RESULTS = Path(__file__).resolve().parent / "results" / "retrieval.json"
 

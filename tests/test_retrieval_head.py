@@ -24,7 +24,6 @@ from transferlab.heads.retrieval import (
     rank,
     rank_by_distance,
     retrieve,
-    retrieve_spatial,
     similarities,
     spatial_search_distances,
     spatial_search_rank,
@@ -314,7 +313,7 @@ def test_retrieve_composes_steps_in_order():
     # (whitening only the queries would give [0, 1, 2, 3, 4], only the database [2, 0, 1, 4, 3]).
     q = np.array([[0.6, 1]], np.float32)
     assert retrieve(q, QE_DB, device="cpu").tolist() == [[2, 0, 1, 4, 3]]
-    assert retrieve(q, QE_DB, whiten=_Scale([1, 0.1]), device="cpu").tolist() == [[0, 2, 1, 3, 4]]
+    assert retrieve(q, QE_DB, postprocess=_Scale([1, 0.1]), device="cpu").tolist() == [[0, 2, 1, 3, 4]]
     # DBA then rank: same as ranking the augmented database
     aug = database_augmentation(l2_normalize(DBA_DB), 2, device="cpu")
     q = np.array([[0.6, 0.8]], np.float32)
@@ -335,7 +334,7 @@ def test_fit_whitening_uses_pca_when_available():
     # whitened held-out data has (close to) identity covariance
     np.testing.assert_allclose(np.cov(white, rowvar=False), np.eye(4), atol=0.05)
     db = rng.standard_normal((30, 8)).astype(np.float32)
-    assert retrieve(db[:3], db, whiten=pca, device="cpu")[:, 0].tolist() == [0, 1, 2]
+    assert retrieve(db[:3], db, postprocess=pca, device="cpu")[:, 0].tolist() == [0, 1, 2]
 
 
 def test_rankings_score_with_the_task_protocol():
@@ -429,19 +428,19 @@ def test_rank_by_distance_ties_and_top_k():
     assert rank_by_distance(dist, top_k=2).tolist() == [[4, 1]]
 
 
-def test_retrieve_spatial_normalises_windows():
+def test_spatial_retrieve_normalises_windows():
     # Scaling one image's windows changes nothing once each window is L2-normalised.
     rng = np.random.default_rng(5)
     qw = rng.standard_normal((3, 4, 8)).astype(np.float32)
     dw = rng.standard_normal((9, 5, 8)).astype(np.float32)
     scaled = dw * np.linspace(0.5, 20, 9, dtype=np.float32)[:, None, None]
-    a = retrieve_spatial(qw, dw, device="cpu")
-    assert retrieve_spatial(qw, scaled, device="cpu").tolist() == a.tolist()
+    a = retrieve(qw, dw, spatial=True, device="cpu")
+    assert retrieve(qw, scaled, spatial=True, device="cpu").tolist() == a.tolist()
     np.testing.assert_array_equal(
         a, spatial_search_rank(l2_normalize(qw), l2_normalize(dw), device="cpu")
     )
     # the whitening transform is applied to every window, before normalisation
-    w = retrieve_spatial(qw, dw, whiten=_Scale(np.arange(1, 9)), device="cpu")
+    w = retrieve(qw, dw, spatial=True, postprocess=_Scale(np.arange(1, 9)), device="cpu")
     ref = spatial_search_rank(
         l2_normalize(qw * np.arange(1, 9)), l2_normalize(dw * np.arange(1, 9)), device="cpu"
     )

@@ -139,17 +139,33 @@ class _Stateless(TransformerMixin, BaseEstimator):
         raise NotImplementedError
 
 
+def l2_normalize(X: np.ndarray) -> np.ndarray:
+    """Vectors along the last axis scaled to unit Euclidean norm (all-zero vectors stay zero).
+
+    The one L2 normalisation of the package (``L2Normalize``, the retrieval head and concat
+    sources call it): any rank (``(n, D)`` descriptors, ``(n, R, D)`` sub-windows), float32
+    out, norms accumulated in float64, in blocks of rows so memory stays bounded.
+    """
+    arr = np.asarray(X, dtype=np.float32)
+    flat = arr.reshape(-1, arr.shape[-1]) if arr.ndim != 2 else arr
+    out = np.empty(flat.shape, dtype=np.float32)
+    for start in range(0, len(flat), _CHUNK):
+        block = flat[start : start + _CHUNK]
+        norms = np.sqrt(np.einsum("ij,ij->i", block, block, dtype=np.float64))
+        norms[norms == 0] = 1.0
+        out[start : start + _CHUNK] = block / norms[:, None]
+    return out.reshape(arr.shape)
+
+
 class L2Normalize(_Stateless):
-    """Scale each row to unit Euclidean norm; all-zero rows stay zero."""
+    """Scale each row to unit Euclidean norm; all-zero rows stay zero (``l2_normalize``)."""
 
     @property
     def spec(self) -> str:
         return "l2"
 
     def _apply(self, X: np.ndarray) -> np.ndarray:
-        norms = np.sqrt(np.einsum("ij,ij->i", X, X, dtype=np.float64))
-        norms[norms == 0] = 1.0
-        return (X / norms[:, None]).astype(np.float32)
+        return l2_normalize(X)
 
 
 class PowerNormalize(_Stateless):

@@ -97,7 +97,7 @@ def render_report(rows: list[dict[str, Any]], meta: dict[str, Any], *, title_fal
         body = _factor_section(factor, factors[factor], summaries, items)
         parts.append((f"factor-{factor}", f"Factor: {factor_title(factor)}", body))
     extras = _extra_sections(rows, resolved_meta)
-    parts.append(("protocols", "Protocol behind each number", _protocols(summaries)))
+    parts.append(("protocols", "Protocol behind each number", _protocols(summaries) + _retrieval_pipelines(rows)))
 
     toc = "".join(f'<li><a href="#{a}">{esc(t)}</a></li>' for a, t, _ in parts[:-1])
     toc += "".join(f'<li><a href="#extra-{i}">{esc(t)}</a></li>' for i, (t, _) in enumerate(extras))
@@ -464,6 +464,41 @@ def _protocols(summaries: list[TaskSummary]) -> str:
         "<h3>Tasks</h3><div class=\"table-wrap\"><table><thead><tr><th>task</th><th>metric</th>"
         f"<th>split and evaluation protocol</th></tr></thead><tbody>{task_rows}</tbody></table></div>"
     )
+
+
+def _retrieval_pipelines(rows: list[dict[str, Any]]) -> str:
+    """How each retrieval task's rows were ranked (heads.retrieval.retrieve): the DBA and alpha
+    settings of the config, and the pipeline of the Deep Standard row."""
+    by_task: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        extra = row.get("extra") or {}
+        if "pipeline" not in extra:
+            continue
+        entry = by_task.setdefault(row["task"], {"settings": set(), "standard": None})
+        entry["settings"].add((extra.get("dba", 0), extra.get("alpha")))
+        if row.get("standard"):
+            entry["standard"] = extra["pipeline"]
+    if not by_task:
+        return ""
+    body = ""
+    for task, entry in by_task.items():
+        settings = "; ".join(_dba_alpha(*pair) for pair in sorted(entry["settings"], key=str))
+        body += (f'<tr><th class="rowhead">{esc(task)}</th><td>{esc(settings)}</td>'
+                 f"<td>{esc(entry['standard'] or '—')}</td></tr>")
+    return (
+        "<h3>Retrieval pipeline</h3><p class=\"caption\">Every retrieval number is ranked by one pipeline: "
+        "post-processing (the normalisation and PCA factors; PCA-whitening fit on the database or on "
+        "<code>retrieval.whiten_on</code>) → database-side augmentation (<code>retrieval.dba</code>) → rank "
+        "(<code>retrieval.metric</code>) → query expansion (the <code>qe</code> factor; AQE, or α-QE with "
+        "<code>retrieval.alpha</code>) → re-rank; pooling <code>windows</code> is Razavian et al.'s spatial "
+        "search. Reported values are over the queries not held out for choosing Deep Optimal.</p>"
+        '<div class="table-wrap"><table><thead><tr><th>task</th><th>DBA, α</th>'
+        f"<th>Deep Standard pipeline</th></tr></thead><tbody>{body}</tbody></table></div>"
+    )
+
+
+def _dba_alpha(dba: int | None, alpha: float | None) -> str:
+    return f"DBA {dba or 'off'}, " + ("plain means (AQE)" if alpha is None else f"α {alpha:g}")
 
 
 # --------------------------------------------------------------------------- extra sections

@@ -103,12 +103,24 @@ class ProbeConfig(_Strict):
 
 
 class RetrievalConfig(_Strict):
+    """How retrieval tasks are ranked (heads.retrieval.retrieve): post-processing (the factors)
+    -> DBA -> rank -> QE / alpha-QE -> re-rank; pooling ``windows`` is spatial search."""
+
     metric: Literal["cosine", "l2"] = "cosine"
-    qe: list[NonNegativeInt] = Field(default_factory=lambda: [0])
-    spatial_search: bool = False
+    qe: list[NonNegativeInt] = Field(default_factory=lambda: [0])  # a factor: neighbours added to a query
+    dba: NonNegativeInt = 0  # database-side augmentation: neighbours per database vector, itself included (0 = off)
+    alpha: PositiveFloat | None = None  # None: plain means (AQE, DBA); a number: alpha-QE / alpha-DBA weights
     whiten_on: str | None = None  # a task whose database features fit the PCA (e.g. paris6k for oxford5k)
     # share of the queries (seeded draw) held out to choose Deep Optimal; the rest are reported
     selection_queries: float = Field(default=0.5, gt=0.0, lt=1.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _spatial_search(cls, value: Any) -> Any:
+        if isinstance(value, dict) and "spatial_search" in value:
+            raise ValueError("spatial_search is not a key: spatial search is the pooling 'windows' "
+                             "(factors: {pooling: [avg, windows]})")
+        return value
 
 
 class FinetuneConfig(_Strict):
@@ -229,8 +241,8 @@ class StudyConfig(_Strict):
 
     def evaluation_hash(self, kind: str, finetune: str = "off") -> str:
         """Hash of every setting that shapes a result besides the factor values, the source and
-        the task: the probe (loss, C grid, class weight) or the retrieval settings (metric,
-        spatial search, whitening set, query split; QE is a factor), the fine-tuning settings
+        the task: the probe (loss, C grid, class weight) or the retrieval settings (metric, DBA,
+        alpha, whitening set, query split; QE is a factor), the fine-tuning settings
         when the job fine-tunes, the seed, and the evaluation protocol's version."""
         parts: dict[str, Any] = {"protocol": EVALUATION_PROTOCOL, "seed": self.execution.seed}
         if kind == "retrieval":

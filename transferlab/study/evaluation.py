@@ -10,7 +10,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -23,6 +23,9 @@ from transferlab.features.postprocess import L2Normalize, build_postprocess
 from transferlab.results.store import ResultRow
 from transferlab.study.config import ProbeConfig, RetrievalConfig
 from transferlab.study.plan import Job, Setting
+
+if TYPE_CHECKING:
+    from transferlab.heads.retrieval import RetrievalSettings
 
 
 class Features(Protocol):
@@ -248,8 +251,9 @@ def _all_class_scores(scores: np.ndarray, classes: np.ndarray, n_classes: int) -
 
 def evaluate_retrieval_job(job: Job, task: TaskData, features: Features, config: RetrievalConfig,
                            metric: str, whiten_features: np.ndarray | None = None, seed: int = 0) -> ResultRow:
-    """Rank the database for every query and score it with the task's own protocol."""
-    from transferlab.heads import retrieval as R
+    """Rank the database for every query with the retrieval pipeline (``heads.retrieval``) and
+    score it with the task's own protocol."""
+    from transferlab.heads.retrieval import retrieve
 
     start = time.perf_counter()
     setting = job.setting
@@ -258,18 +262,9 @@ def evaluate_retrieval_job(job: Job, task: TaskData, features: Features, config:
         raise TransferlabError(f"task {task.name}: a query image could not be read; queries cannot be skipped")
     db = features.split("db", setting.layer, setting.pooling)
     queries = features.split("queries", setting.layer, setting.pooling)
-    fit_on = whiten_features if whiten_features is not None else db
-    if setting.pooling == "windows":
-        ranking = _spatial_ranking(setting, db, queries, fit_on)
-    else:
-        post = build_postprocess(setting.postprocess_spec(retrieval_whiten=True))
-        d = post.fit_transform(db) if fit_on is db else post.fit(fit_on).transform(db)
-        q = post.transform(queries)
-        if setting.qe:  # only the top qe of the first ranking are read: rank just those
-            first = R.rank(q, d, metric=config.metric, top_k=min(setting.qe, len(d)))
-            ranking = R.average_query_expansion(q, d, first, setting.qe, metric=config.metric)
-        else:
-            ranking = R.rank(q, d, metric=config.metric)
+    settings = retrieval_settings(setting, config)
+    postprocess = setting.postprocess_spec(retrieval_whiten=True)
+    ranking = retrieve(queries, db, settings, postprocess=postprocess, fit_on=whiten_features)
     ranking = db_kept[ranking]  # back to dataset indices when unreadable images were skipped
     metrics = evaluate_retrieval(metric, ranking, task.queries or [], len(task.splits["db"]))
     seconds = time.perf_counter() - start
@@ -280,6 +275,7 @@ def evaluate_retrieval_job(job: Job, task: TaskData, features: Features, config:
     metrics["official"] = metrics[metric]  # the benchmark's own number, over every query
     metrics["reported"] = _nanmean_or_nan(reported)
     extra = {"n_db": int(len(db_kept)), "n_queries": int(len(queries)), "n_reported_queries": int((~chosen).sum()),
+             "dba": settings.dba, "alpha": settings.alpha, "pipeline": settings.describe(postprocess),
              "layer_name": features.layer_name(setting.layer)}
     val_value = _finite_or_none(_nanmean_or_nan(per_query[chosen]))
     selection = f"queries {config.selection_queries:.0%}" if val_value is not None else \
@@ -289,6 +285,16 @@ def evaluate_retrieval_job(job: Job, task: TaskData, features: Features, config:
                value=metrics["reported"])
     row.seconds["interval"] = time.perf_counter() - started
     return row
+
+
+def retrieval_settings(setting: Setting, config: RetrievalConfig) -> RetrievalSettings:
+    """The ``heads.retrieval.RetrievalSettings`` of a study job: the ``qe`` factor, and
+    ``retrieval.metric``/``dba``/``alpha``; pooling ``windows`` is spatial search (no DBA, no QE)."""
+    from transferlab.heads.retrieval import RetrievalSettings
+
+    spatial = setting.pooling == "windows"
+    return RetrievalSettings(metric=config.metric, qe=setting.qe, alpha=config.alpha, spatial=spatial,
+                             dba=0 if spatial else config.dba)
 
 
 def selection_queries(n_queries: int, fraction: float, task: str, seed: int = 0) -> np.ndarray:
@@ -306,16 +312,6 @@ def selection_queries(n_queries: int, fraction: float, task: str, seed: int = 0)
 def _nanmean_or_nan(values: np.ndarray) -> float:
     finite = values[np.isfinite(values)]
     return float(finite.mean()) if len(finite) else float("nan")
-
-
-def _spatial_ranking(setting: Setting, db: np.ndarray, queries: np.ndarray, fit_on: np.ndarray) -> np.ndarray:
-    from transferlab.heads import retrieval as R
-
-    whiten = None
-    if setting.pca:
-        flat = fit_on.reshape(-1, fit_on.shape[-1])
-        whiten = R.fit_whitening(L2Normalize().transform(flat), setting.pca)
-    return R.retrieve_spatial(queries, db, whiten=whiten)
 
 
 def _row(job: Job, metric: str, metrics: dict, seconds: float, extra: dict, val_value: float | None,

@@ -371,8 +371,8 @@ def make_plan(config: StudyConfig, check_layers: bool = True) -> Plan:
             if source_name in learning:  # learning-factor sources are compared at the standard setting
                 settings = learning_settings(settings, source_name in finetuned)
             for setting, is_standard in settings:
-                if setting.pooling == "windows" and not retrieval:
-                    continue
+                if setting.pooling == "windows" and (not retrieval or setting.qe):
+                    continue  # spatial search: retrieval only, and QE expands one descriptor per image
                 given = usable[source_name].get(str(setting.layer))
                 if check_layers and (given is None or setting.pooling not in given):
                     continue  # layer absent from this source, or a pooling it cannot give (grid2 on fc7)
@@ -381,7 +381,8 @@ def make_plan(config: StudyConfig, check_layers: bool = True) -> Plan:
                     jobs.append(plan.make_job(source_name, task_name, setting, split=split,
                                               standard=is_standard and standard_source))
     if "windows" in config.factors.pooling:
-        notes.append("pooling 'windows' (spatial search) is evaluated on retrieval tasks only")
+        notes.append("pooling 'windows' (spatial search) is evaluated on retrieval tasks only"
+                     + (", without DBA or QE" if config.retrieval.dba or any(config.retrieval.qe) else ""))
     if not tasks and not problems:
         problems.append("tasks: none of the tasks could be loaded")
     if problems:
