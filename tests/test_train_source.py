@@ -16,7 +16,9 @@ from transferlab.errors import TransferlabError
 from transferlab.features.extract import extract
 from transferlab.sources import load_source
 from transferlab.sources.architectures import ArchSpec, alexnet_stem, build_network, widths
-from transferlab.sources.train import augment, lr_at, train_source, union_tasks
+from transferlab.sources.train import augment, train_source
+from transferlab.sources.train_data import union_tasks
+from transferlab.training.schedule import lr_at
 
 SMALL = dict(classes=3, images_per_class=6, batch_size=8, progress=False)  # 18 images, 3 steps
 
@@ -315,7 +317,7 @@ def test_channel_stats_match_torch_and_sample_at_most_the_limit():
     import numpy as np
     import torch
 
-    from transferlab.sources.train import channel_stats
+    from transferlab.sources.train_data import channel_stats
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (700, 3, 8, 8), dtype=np.uint8)
