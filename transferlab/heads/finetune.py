@@ -24,8 +24,9 @@ Protocol (what every number in the result means):
   10% of train held out); with several tasks their mean. The best epoch's weights are kept;
   training stops early after ``patience`` epochs without improvement. The reported test
   numbers are those of the best epoch on the 'test' split (``evaluate_classification``).
-- A checkpoint is written atomically after every epoch; rerunning with the same ``out``
-  resumes. A loss that becomes NaN/inf stops the run with ``TrainingDiverged`` (a
+- The epochs run on the shared training loop (``transferlab.training``): a checkpoint is
+  written atomically after every epoch; rerunning with the same ``out`` resumes. A loss,
+  weight or validation score that becomes NaN/inf stops the run with ``TrainingDiverged`` (a
   TransferlabError); the last good checkpoint stays on disk.
 """
 
@@ -35,7 +36,6 @@ import copy
 import dataclasses
 import math
 import sys
-import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -51,24 +51,25 @@ from transferlab.data.base import Split, TaskData
 from transferlab.errors import TransferlabError
 from transferlab.heads.finetune_blocks import BlockPlan, apply_plan, plan_blocks, set_train_mode
 from transferlab.heads.finetune_data import (
+    FinetuneTask,
     TaskImages,
-    TaskInfo,
     check_batch,
     make_loader,
     prepare_task,
     split_fingerprint,
 )
-from transferlab.heads.finetune_store import (
-    CHECKPOINT,
-    check_settings,
-    cpu_state,
-    load_checkpoint,
-    remove_stale_temps,
-    save_checkpoint,
-    write_finetuned,
-)
+from transferlab.heads.finetune_store import CHECKPOINT, remove_stale_temps, write_finetuned
 from transferlab.sources.base import Source
 from transferlab.sources.finetuned import load_finetuned
+from transferlab.training.loop import (
+    EpochResult,
+    NonFinite,
+    StepResult,
+    TrainingDiverged,
+    TrainingLoop,
+    Validation,
+)
+from transferlab.training.schedule import Schedule
 
 OPTIMIZERS = ("sgd", "adamw")
 DEFAULT_LR = {"sgd": 0.01, "adamw": 1e-4}
@@ -78,15 +79,11 @@ DEFAULT_WEIGHT_DECAY = {"sgd": 1e-4, "adamw": 0.01}
 DEFAULT_HEAD_LR_SCALE = {"sgd": 1.0, "adamw": 10.0}
 AUGMENTATION = "random-resized-crop (scale 0.35-1, ratio 3/4-4/3) + horizontal flip"
 
-class TrainingDiverged(TransferlabError):
-    """The training loss became NaN or infinite; ``checkpoint_epoch`` is the last good epoch
-    on disk (0: none)."""
-
-    def __init__(self, message: str, epoch: int, step: int, checkpoint_epoch: int):
-        super().__init__(message)
-        self.epoch = epoch
-        self.step = step
-        self.checkpoint_epoch = checkpoint_epoch
+KIND = "finetune"  # the checkpoint kind
+# Settings that may differ when a run is resumed: more epochs extend training (the cosine
+# schedule is stretched to the new length from the current step); the device may change.
+RESUMABLE_SETTINGS = ("epochs",)
+__all__ = ["TrainingDiverged", "EpochReport", "FinetuneResult", "TaskHeads", "finetune", "joint_loss"]
 
 
 @dataclass
@@ -192,7 +189,7 @@ class TaskHeads(nn.Module):
 
 
 def joint_loss(features: torch.Tensor, heads: Callable[[int, torch.Tensor], torch.Tensor],
-               task_ids: torch.Tensor, labels: torch.Tensor, tasks: Sequence[TaskInfo]) -> tuple[torch.Tensor, int, int]:
+               task_ids: torch.Tensor, labels: torch.Tensor, tasks: Sequence[FinetuneTask]) -> tuple[torch.Tensor, int, int]:
     """Mean over the batch of each sample's loss on its own task's head (``heads(t, x)``);
     also the number of correct arg-max predictions and of single-label samples."""
     total = features.new_zeros(())
@@ -214,11 +211,6 @@ def joint_loss(features: torch.Tensor, heads: Callable[[int, torch.Tensor], torc
             counted += int(rows.numel())
         total = total + per_sample.sum()
     return total / max(1, features.shape[0]), correct, counted
-
-
-def cosine_lr(base: float, step: int, total: int) -> float:
-    """Cosine decay from ``base`` at step 0 to 0 at step ``total``."""
-    return base * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(1, total)))
 
 
 # ------------------------------------------------------------------------------ training
@@ -282,68 +274,72 @@ def finetune(
     if len(train_set) < 2:
         raise TransferlabError("fine-tuning needs at least 2 training images (BatchNorm needs batches of 2)")
     steps_per_epoch = len(make_loader(train_set, batch_size, True, 0, drop_single=True))
-    state = _State()
     ckpt_path = out / CHECKPOINT
-    if ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path)
-        check_settings(ckpt["settings"], settings, ckpt_path)
-        state = _State.restore(ckpt)
-        model.load_state_dict(ckpt["model"])
-        heads.load_state_dict(ckpt["heads"])
-        opt.load_state_dict(ckpt["optimizer"])
+    loop: TrainingLoop[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = TrainingLoop(
+        {"model": model, "heads": heads}, opt, kind=KIND, checkpoint=ckpt_path, settings=settings,
+        schedule=Schedule("cosine", epochs, steps_per_epoch), lr=lr, seed_of=lambda e: seed * 100_003 + e,
+        device=dev, patience=patience, keep_best=True, desc="finetune", progress=progress)
+    state = loop.resume(resumable=RESUMABLE_SETTINGS, advice=f"use another --out, or delete {CHECKPOINT} to start over")
+    if state.epoch:
         _say(progress, f"resuming {ckpt_path} after epoch {state.epoch}"
              + (" (it had stopped early)" if state.stopped_early else ""))
     resumed_from = state.epoch
     runner = _Runner(work, model, heads, infos, plan, dev, batch_size, workers, progress)
     if state.epoch == 0:
         heads.fit_standardisation(runner.features_sample(train_set, STANDARDISE_IMAGES, seed))
-    total_steps = epochs * steps_per_epoch
 
-    for epoch in range(state.epoch + 1, epochs + 1):
-        if state.stopped_early:
-            break
-        start = time.perf_counter()
-        loss, accuracy = runner.train_epoch(train_set, opt, state, epoch, epochs, total_steps, seed, ckpt_path)
-        try:
-            val = {info.name: runner.score(t, info.val, "val")[info.metric] for t, info in enumerate(infos)}
-        except _NonFinite as exc:
-            raise _diverged(f"the validation scores of task {exc} became NaN/inf", epoch, state, opt,
-                            ckpt_path) from None
-        score = _mean_score(val)
-        if math.isnan(score):
-            warnings.warn(f"epoch {epoch}: the validation metric is undefined (no positive of any class "
-                          "in the validation split); the latest epoch counts as the best", stacklevel=2)
-        if state.best is None or math.isnan(score) or score > state.best["score"]:
-            state.best = {"epoch": epoch, "score": score, "val": val,
-                          "model": cpu_state(model.state_dict()), "heads": cpu_state(heads.state_dict())}
-            state.bad_epochs = 0
-        else:
-            state.bad_epochs += 1
-        state.epoch = epoch
-        state.stopped_early = patience is not None and state.bad_epochs >= patience and epoch < epochs
-        report = EpochReport(epoch, epochs, loss, accuracy, val, score, opt.param_groups[-1]["lr"] / opt.param_groups[-1]["lr_scale"],
-                             time.perf_counter() - start, state.best["epoch"], model, heads)
-        state.history.append(report.entry())
-        save_checkpoint(ckpt_path, {
-            **state.to_checkpoint(), "settings": settings, "model": cpu_state(model.state_dict()),
-            "heads": cpu_state(heads.state_dict()), "optimizer": opt.state_dict(),
-            "scheduler": {"kind": "cosine", "step": state.step, "total_steps": total_steps},
-        })
-        _say(progress, f"epoch {epoch}/{epochs}: loss {loss:.4f}, val "
-             + ", ".join(f"{k} {infos[i].metric} {v:.4f}" for i, (k, v) in enumerate(val.items()))
-             + f" (best epoch {state.best['epoch']})")
+    def batches(epoch: int, epoch_seed: int):
+        # the same data order and crops whether resumed or not
+        loader = make_loader(train_set, batch_size, True, workers, seed=epoch_seed, pin=dev.type == "cuda",
+                             drop_single=True)
+        for images, task_ids, labels, indices, reasons in loader:
+            check_batch(train_set, indices, reasons)
+            yield images, task_ids, labels
+
+    def step(batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> StepResult:
+        images, task_ids, labels = batch
+        features = runner.features(images)
+        loss, right, single = joint_loss(features, heads, task_ids.to(dev), labels.to(dev), infos)
+        return StepResult(loss, int(images.shape[0]), right, single)
+
+    def validate(epoch: int) -> Validation:
+        val = {info.name: runner.score(t, info.val, "val")[info.metric] for t, info in enumerate(infos)}
+        return Validation(_mean_score(val), val)
+
+    def end_epoch(result: EpochResult) -> dict[str, Any]:
+        assert result.validation is not None
+        return {"epoch": result.epoch, "train_loss": result.train_loss, "train_accuracy": result.train_accuracy,
+                "val": dict(result.validation.details), "val_score": result.validation.score, "lr": result.lr,
+                "seconds": round(result.seconds, 3)}
+
+    def after_checkpoint(result: EpochResult, row: dict[str, Any]) -> None:
+        best = int(result.best_epoch or result.epoch)
+        _say(progress, f"epoch {result.epoch}/{epochs}: loss {result.train_loss:.4f}, val "
+             + ", ".join(f"{k} {infos[i].metric} {v:.4f}" for i, (k, v) in enumerate(row["val"].items()))
+             + f" (best epoch {best})")
         if on_epoch_end is not None:
-            on_epoch_end(report)
-        if state.stopped_early:
-            _say(progress, f"early stop after epoch {epoch}: no validation improvement for {patience} "
-                 f"epochs; best epoch {state.best['epoch']}")
+            on_epoch_end(EpochReport(result.epoch, epochs, result.train_loss, result.train_accuracy, row["val"],
+                                     row["val_score"], result.lr, result.seconds, best, model, heads))
+        if loop.state.stopped_early:
+            _say(progress, f"early stop after epoch {result.epoch}: no validation improvement for {patience} "
+                 f"epochs; best epoch {best}")
 
+    def advice(good: int) -> str:
+        if good:
+            return (f"rerun with --epochs {good} and the same --out to export its best weights, or lower "
+                    "--lr with a new --out.")
+        return "lower --lr (or use AdamW) and rerun."
+
+    state = loop.run(batches=batches, step=step, validate=validate, train_mode=runner.train_mode,
+                     end_epoch=end_epoch, after_checkpoint=after_checkpoint, advice=advice)
     if state.best is None:
         raise TransferlabError(f"{ckpt_path}: no trained epoch to export (epochs={epochs})")
-    model.load_state_dict(state.best["model"])
-    heads.load_state_dict(state.best["heads"])
-    metrics = {info.name: runner.score(t, info.test, "test") if info.test is not None else {}
-               for t, info in enumerate(infos)}
+    loop.restore_best()
+    try:
+        metrics = {info.name: runner.score(t, info.test, "test") if info.test is not None else {}
+                   for t, info in enumerate(infos)}
+    except NonFinite as exc:
+        raise TransferlabError(f"{exc} (best epoch {state.best['epoch']})") from None
     result = FinetuneResult(
         out=out, metrics=metrics, val=dict(state.best["val"]), best_epoch=int(state.best["epoch"]),
         epochs_completed=state.epoch, resumed_from=resumed_from, stopped_early=state.stopped_early,
@@ -355,31 +351,10 @@ def finetune(
     return result
 
 
-@dataclass
-class _State:
-    """Progress that a checkpoint carries besides the weights."""
-
-    epoch: int = 0
-    step: int = 0
-    bad_epochs: int = 0
-    stopped_early: bool = False
-    best: dict | None = None
-    history: list = field(default_factory=list)
-
-    def to_checkpoint(self) -> dict:
-        return {"epoch": self.epoch, "step": self.step, "bad_epochs": self.bad_epochs,
-                "stopped_early": self.stopped_early, "best": self.best, "history": self.history}
-
-    @classmethod
-    def restore(cls, ckpt: dict) -> _State:
-        return cls(int(ckpt["epoch"]), int(ckpt["step"]), int(ckpt["bad_epochs"]), bool(ckpt["stopped_early"]),
-                   ckpt["best"], list(ckpt["history"]))
-
-
 class _Runner:
     """Training and scoring passes over the data for one fine-tuning run."""
 
-    def __init__(self, source: Source, model: nn.Module, heads: TaskHeads, infos: list[TaskInfo],
+    def __init__(self, source: Source, model: nn.Module, heads: TaskHeads, infos: list[FinetuneTask],
                  plan: BlockPlan, dev: torch.device, batch_size: int, workers: int, progress: bool):
         self.source, self.model, self.heads, self.infos = source, model, heads, infos
         self.plan, self.dev, self.batch_size, self.workers, self.progress = plan, dev, batch_size, workers, progress
@@ -388,52 +363,15 @@ class _Runner:
     def _autocast(self):
         return torch.autocast(device_type=self.dev.type, dtype=torch.bfloat16, enabled=self.dev.type == "cuda")
 
-    def _features(self, images: torch.Tensor) -> torch.Tensor:
+    def features(self, images: torch.Tensor) -> torch.Tensor:
         images = images.to(self.dev, non_blocking=True)
         with self._autocast():  # the top layer pooled as the model's head pools it (cls for ViTs)
             return self.source.head_vector(self.model, images).float()
 
-    def train_epoch(self, dataset: TaskImages, opt: torch.optim.Optimizer, state: _State, epoch: int,
-                    epochs: int, total_steps: int, seed: int, ckpt_path: Path) -> tuple[float, float | None]:
-        from tqdm.auto import tqdm
-
-        epoch_seed = seed * 100_003 + epoch  # the same data order and crops whether resumed or not
-        torch.manual_seed(epoch_seed)
-        loader = make_loader(dataset, self.batch_size, True, self.workers, seed=epoch_seed,
-                             pin=self.dev.type == "cuda", drop_single=True)
+    def train_mode(self) -> None:
+        """The trained blocks and the heads in training mode; frozen BatchNorm stays in eval."""
         set_train_mode(self.model, self.plan)
         self.heads.train()
-        loss_sum, seen, correct, counted = 0.0, 0, 0, 0
-        bar = tqdm(total=len(loader), desc=f"finetune {epoch}/{epochs}", unit="batch",
-                   disable=not self.progress, file=sys.stderr, dynamic_ncols=True)
-        try:
-            for images, task_ids, labels, indices, reasons in loader:
-                check_batch(dataset, indices, reasons)
-                for group in opt.param_groups:
-                    group["lr"] = cosine_lr(group["base_lr"], state.step, total_steps)
-                features = self._features(images)
-                loss, right, single = joint_loss(features, self.heads, task_ids.to(self.dev),
-                                                 labels.to(self.dev), self.infos)
-                if not torch.isfinite(loss):
-                    what = "NaN" if torch.isnan(loss) else "infinite"
-                    raise _diverged(f"the training loss became {what}", epoch, state, opt, ckpt_path)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                state.step += 1
-                n = images.shape[0]
-                loss_sum += float(loss.detach()) * n
-                seen += n
-                correct += right
-                counted += single
-                postfix = {"loss": f"{loss_sum / seen:.4f}"}
-                if counted:
-                    postfix["acc"] = f"{correct / counted:.3f}"
-                bar.set_postfix(postfix)
-                bar.update(1)
-        finally:
-            bar.close()
-        return loss_sum / max(1, seen), (correct / counted if counted else None)
 
     @torch.no_grad()
     def features_sample(self, dataset: TaskImages, limit: int, seed: int) -> torch.Tensor:
@@ -452,7 +390,7 @@ class _Runner:
         try:
             for images, _tasks, _labels, indices, reasons in loader:
                 check_batch(plain, indices, reasons)
-                chunks.append(self._features(images).float())
+                chunks.append(self.features(images).float())
         finally:
             for name, buf in self.model.named_buffers():
                 buf.copy_(buffers[name])
@@ -472,10 +410,10 @@ class _Runner:
         chunks = []
         for pixels in self._eval_pixels(t, split, what):
             images = pre.normalize(pixels.to(self.dev, non_blocking=True))
-            chunks.append(self.heads(t, self._features(images)).float().cpu().numpy())
+            chunks.append(self.heads(t, self.features(images)).float().cpu().numpy())
         scores = np.concatenate(chunks).astype(np.float64)
         if not np.isfinite(scores).all():
-            raise _NonFinite(info.name)
+            raise NonFinite(f"the {'validation' if what == 'val' else what} scores of task {info.name} became NaN/inf")
         with warnings.catch_warnings():
             if what == "val":  # a small held-out split may lack positives of some class
                 warnings.simplefilter("ignore", MetricWarning)
@@ -507,22 +445,6 @@ class _Runner:
             yield pixels
         if keep:
             self._decoded[t] = torch.cat(kept)
-
-
-class _NonFinite(Exception):
-    """Scores of a task (named in the message) are NaN/inf."""
-
-
-def _diverged(what: str, epoch: int, state: _State, opt, ckpt_path: Path) -> TrainingDiverged:
-    lr = opt.param_groups[-1]["base_lr"] / opt.param_groups[-1]["lr_scale"]
-    good = state.epoch
-    where = f"{what} at epoch {epoch}, step {state.step + 1} (lr {lr:.3g}); training stopped. "
-    if good:
-        keep = (f"The last good checkpoint is {ckpt_path} (epoch {good}); rerun with --epochs {good} and the "
-                f"same --out to export its best weights, or lower --lr with a new --out.")
-    else:
-        keep = "No epoch completed, so nothing was saved; lower --lr (or use AdamW) and rerun."
-    return TrainingDiverged(where + keep, epoch=epoch, step=state.step + 1, checkpoint_epoch=good)
 
 
 def _mean_score(val: dict[str, float]) -> float:
@@ -632,7 +554,7 @@ def _build_num_classes(source: Source) -> int | None:
     return int(source.num_classes) or None
 
 
-def _meta(source: Source, work: Source, infos: list[TaskInfo], result: FinetuneResult) -> dict[str, Any]:
+def _meta(source: Source, work: Source, infos: list[FinetuneTask], result: FinetuneResult) -> dict[str, Any]:
     return {
         "arch": source.arch,
         "build_num_classes": _build_num_classes(work),
