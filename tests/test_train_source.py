@@ -145,6 +145,30 @@ def test_resume_repeats_the_uninterrupted_run(tmp_path, fashion):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_checkpoint_written_before_the_shared_loop_resumes(tmp_path, fashion):
+    """train-source's own checkpoint format (before transferlab/training) resumes as it is."""
+    straight = train_source("alexnet", "tiny", [fashion], tmp_path / "a", epochs=2, **SMALL)
+
+    def stop(row):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_source("alexnet", "tiny", [fashion], tmp_path / "b", epochs=2, callback=stop, **SMALL)
+    ckpt = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
+    old = {"format": "transferlab-trained-source", "version": 1, "epoch": ckpt["epoch"],
+           "settings": ckpt["settings"], "model": ckpt["model"],
+           "optimizer": {"state": ckpt["optimizer"]["state"],
+                         "param_groups": [{k: v for k, v in group.items() if k != "base_lr"}
+                                          for group in ckpt["optimizer"]["param_groups"]]},
+           "history": ckpt["history"]}
+    torch.save(old, tmp_path / "b" / "checkpoint.pt")
+    resumed = train_source("alexnet", "tiny", [fashion], tmp_path / "b", epochs=2, **SMALL)
+    assert [row["epoch"] for row in resumed.history] == [1, 2]
+    a, b = weights(tmp_path / "a" / "model.safetensors"), weights(tmp_path / "b" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.history[1]["train_loss"] == straight.history[1]["train_loss"]
+
+
 def test_more_epochs_continue_from_the_checkpoint(tmp_path, fashion):
     first = train_source("vgg16", "tiny", [fashion], tmp_path, epochs=1, **SMALL)
     second = train_source("vgg16", "tiny", [fashion], tmp_path, epochs=2, snapshots=[2], **SMALL)
