@@ -28,15 +28,16 @@ from transferlab.heads.finetune import (
     TaskHeads,
     TrainingDiverged,
     _training_copy,
-    cosine_lr,
     finetune,
     joint_loss,
 )
 from transferlab.heads.finetune_blocks import plan_blocks
-from transferlab.heads.finetune_data import TaskInfo, prepare_task
-from transferlab.heads.finetune_store import CHECKPOINT, load_checkpoint
+from transferlab.heads.finetune_data import FinetuneTask, prepare_task
+from transferlab.heads.finetune_store import CHECKPOINT
 from transferlab.sources import load_source
 from transferlab.sources.finetuned import load_heads
+from transferlab.training.checkpoint import load_checkpoint
+from transferlab.training.schedule import cosine_lr
 
 FAST = dict(input_size=32, num_workers=0, device="cpu", progress=False, batch_size=20)
 
@@ -91,9 +92,9 @@ def _copy_run(result, tmp_path):
 
 
 # ------------------------------------------------------------------------ pure functions
-def _info(name: str, kind: str, k: int) -> TaskInfo:
+def _info(name: str, kind: str, k: int) -> FinetuneTask:
     empty = Split("x", [], np.zeros(0, dtype=np.int64))
-    return TaskInfo(name, kind, [str(i) for i in range(k)], "accuracy", empty, empty, None, "val")
+    return FinetuneTask(name, kind, [str(i) for i in range(k)], "accuracy", empty, empty, None, "val")
 
 
 def test_joint_loss_routes_each_sample_to_its_own_head():
@@ -256,7 +257,7 @@ def test_interrupted_run_resumes_to_the_same_weights(base, digits, tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         finetune(base, digits, tmp_path / "a", epochs=2, on_epoch_end=interrupt, **fast)
-    assert load_checkpoint(tmp_path / "a" / CHECKPOINT)["epoch"] == 1
+    assert load_checkpoint(tmp_path / "a" / CHECKPOINT, "finetune")["epoch"] == 1
     with pytest.raises(TransferlabError, match="has not finished"):
         load_source(f"finetuned:{tmp_path / 'a'}")
     resumed = finetune(base, digits, tmp_path / "a", epochs=2, **fast)
@@ -282,7 +283,7 @@ def test_more_epochs_extend_a_finished_run(whole, base, digits, tmp_path):
 
 def test_checkpoint_of_other_settings_is_refused(whole, base, digits, tmp_path):
     out = _copy_run(whole, tmp_path)
-    with pytest.raises(TransferlabError, match="different settings .*lr: checkpoint 0.01 vs now 0.02"):
+    with pytest.raises(TransferlabError, match="different settings .*lr: 0.02 here, 0.01 in the checkpoint"):
         finetune(base, digits, out, epochs=1, lr=0.02, **FAST)
 
 
@@ -304,7 +305,7 @@ def test_nan_later_keeps_the_last_good_checkpoint(base, digits, tmp_path):
     with pytest.raises(TrainingDiverged, match=r"epoch 2.*last good checkpoint .*epoch 1") as info:
         finetune(base, digits, out, epochs=2, on_epoch_end=poison, **FAST)
     assert info.value.checkpoint_epoch == 1
-    ckpt = load_checkpoint(out / CHECKPOINT)
+    ckpt = load_checkpoint(out / CHECKPOINT, "finetune")
     assert ckpt["epoch"] == 1 and torch.isfinite(ckpt["heads"]["heads.0.weight"]).all()
     assert not (out / "source.json").exists()
     # as the message says: --epochs 1 exports the good epoch without training

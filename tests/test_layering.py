@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "transferlab"
 # Bottom to top. Units in one layer may import each other; a unit may import any lower layer.
 LAYERS: list[set[str]] = [
     {"__init__", "errors", "atomic", "paths", "device", "metrics"},
-    {"data", "results"},
+    {"data", "results", "training"},
     {"evaluate", "sources"},
     {"features"},
     {"heads"},

@@ -15,7 +15,8 @@ from transferlab.data.builtin.scenes import INDOOR_LAYOUTS, LAYOUTS, SOURCE_LAYO
 from transferlab.data.tasks import load_task
 from transferlab.errors import TransferlabError
 from transferlab.sources.preprocessing import Preprocessing
-from transferlab.sources.train import TrainRecord, decode_cached, near_chance, union_tasks
+from transferlab.sources.train_data import decode_cached, union_tasks
+from transferlab.sources.trained import TrainRecord, near_chance
 from transferlab.study.config import StudyConfig
 
 

@@ -16,7 +16,9 @@ from transferlab.errors import TransferlabError
 from transferlab.features.extract import extract
 from transferlab.sources import load_source
 from transferlab.sources.architectures import ArchSpec, alexnet_stem, build_network, widths
-from transferlab.sources.train import augment, lr_at, train_source, union_tasks
+from transferlab.sources.train import augment, train_source
+from transferlab.sources.train_data import union_tasks
+from transferlab.training.schedule import lr_at
 
 SMALL = dict(classes=3, images_per_class=6, batch_size=8, progress=False)  # 18 images, 3 steps
 
@@ -141,6 +143,30 @@ def test_resume_repeats_the_uninterrupted_run(tmp_path, fashion):
     assert resumed.history[1]["train_loss"] == straight.history[1]["train_loss"]
     a, b = weights(tmp_path / "a" / "model.safetensors"), weights(tmp_path / "b" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_checkpoint_written_before_the_shared_loop_resumes(tmp_path, fashion):
+    """train-source's own checkpoint format (before transferlab/training) resumes as it is."""
+    straight = train_source("alexnet", "tiny", [fashion], tmp_path / "a", epochs=2, **SMALL)
+
+    def stop(row):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_source("alexnet", "tiny", [fashion], tmp_path / "b", epochs=2, callback=stop, **SMALL)
+    ckpt = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
+    old = {"format": "transferlab-trained-source", "version": 1, "epoch": ckpt["epoch"],
+           "settings": ckpt["settings"], "model": ckpt["model"],
+           "optimizer": {"state": ckpt["optimizer"]["state"],
+                         "param_groups": [{k: v for k, v in group.items() if k != "base_lr"}
+                                          for group in ckpt["optimizer"]["param_groups"]]},
+           "history": ckpt["history"]}
+    torch.save(old, tmp_path / "b" / "checkpoint.pt")
+    resumed = train_source("alexnet", "tiny", [fashion], tmp_path / "b", epochs=2, **SMALL)
+    assert [row["epoch"] for row in resumed.history] == [1, 2]
+    a, b = weights(tmp_path / "a" / "model.safetensors"), weights(tmp_path / "b" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.history[1]["train_loss"] == straight.history[1]["train_loss"]
 
 
 def test_more_epochs_continue_from_the_checkpoint(tmp_path, fashion):
@@ -315,7 +341,7 @@ def test_channel_stats_match_torch_and_sample_at_most_the_limit():
     import numpy as np
     import torch
 
-    from transferlab.sources.train import channel_stats
+    from transferlab.sources.train_data import channel_stats
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (700, 3, 8, 8), dtype=np.uint8)

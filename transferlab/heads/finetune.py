@@ -24,8 +24,9 @@ Protocol (what every number in the result means):
   10% of train held out); with several tasks their mean. The best epoch's weights are kept;
   training stops early after ``patience`` epochs without improvement. The reported test
   numbers are those of the best epoch on the 'test' split (``evaluate_classification``).
-- A checkpoint is written atomically after every epoch; rerunning with the same ``out``
-  resumes. A loss that becomes NaN/inf stops the run with ``TrainingDiverged`` (a
+- The epochs run on the shared training loop (``transferlab.training``): a checkpoint is
+  written atomically after every epoch; rerunning with the same ``out`` resumes. A loss,
+  weight or validation score that becomes NaN/inf stops the run with ``TrainingDiverged`` (a
   TransferlabError); the last good checkpoint stays on disk.
 """
 
@@ -35,8 +36,6 @@ import copy
 import dataclasses
 import math
 import sys
-import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,30 +44,36 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from transferlab.data.base import Split, TaskData
+from transferlab.data.base import TaskData
 from transferlab.errors import TransferlabError
-from transferlab.heads.finetune_blocks import BlockPlan, apply_plan, plan_blocks, set_train_mode
+from transferlab.heads.finetune_blocks import apply_plan, plan_blocks
 from transferlab.heads.finetune_data import (
+    FinetuneTask,
     TaskImages,
-    TaskInfo,
     check_batch,
     make_loader,
     prepare_task,
     split_fingerprint,
 )
-from transferlab.heads.finetune_store import (
-    CHECKPOINT,
-    check_settings,
-    cpu_state,
-    load_checkpoint,
-    remove_stale_temps,
-    save_checkpoint,
-    write_finetuned,
+from transferlab.heads.finetune_heads import (
+    STANDARDISE_IMAGES,
+    FinetunePasses,
+    TaskHeads,
+    joint_loss,
 )
+from transferlab.heads.finetune_store import CHECKPOINT, remove_stale_temps, write_finetuned
 from transferlab.sources.base import Source
 from transferlab.sources.finetuned import load_finetuned
+from transferlab.training.loop import (
+    EpochResult,
+    NonFinite,
+    StepResult,
+    TrainingDiverged,
+    TrainingLoop,
+    Validation,
+)
+from transferlab.training.schedule import Schedule
 
 OPTIMIZERS = ("sgd", "adamw")
 DEFAULT_LR = {"sgd": 0.01, "adamw": 1e-4}
@@ -78,15 +83,11 @@ DEFAULT_WEIGHT_DECAY = {"sgd": 1e-4, "adamw": 0.01}
 DEFAULT_HEAD_LR_SCALE = {"sgd": 1.0, "adamw": 10.0}
 AUGMENTATION = "random-resized-crop (scale 0.35-1, ratio 3/4-4/3) + horizontal flip"
 
-class TrainingDiverged(TransferlabError):
-    """The training loss became NaN or infinite; ``checkpoint_epoch`` is the last good epoch
-    on disk (0: none)."""
-
-    def __init__(self, message: str, epoch: int, step: int, checkpoint_epoch: int):
-        super().__init__(message)
-        self.epoch = epoch
-        self.step = step
-        self.checkpoint_epoch = checkpoint_epoch
+KIND = "finetune"  # the checkpoint kind
+# Settings that may differ when a run is resumed: more epochs extend training (the cosine
+# schedule is stretched to the new length from the current step); the device may change.
+RESUMABLE_SETTINGS = ("epochs",)
+__all__ = ["TrainingDiverged", "EpochReport", "FinetuneResult", "TaskHeads", "finetune", "joint_loss"]
 
 
 @dataclass
@@ -153,74 +154,6 @@ class FinetuneResult:
         }
 
 
-# ---------------------------------------------------------------------------- heads, losses
-STANDARDISE_IMAGES = 512
-EVAL_CACHE_BYTES = 1 << 30  # validation pixels kept decoded across epochs up to this size
-
-
-class TaskHeads(nn.Module):
-    """One linear head per task on the standardised pooled representation (see the module
-    docstring); ``folded()`` gives plain linear heads on the raw pooled vector."""
-
-    def __init__(self, dim: int, sizes: Sequence[int]):
-        super().__init__()
-        self.register_buffer("mean", torch.zeros(dim))
-        self.register_buffer("inv_std", torch.ones(dim))
-        self.heads = nn.ModuleList([nn.Linear(dim, k) for k in sizes])
-
-    def forward(self, t: int, features: torch.Tensor) -> torch.Tensor:
-        return self.heads[t]((features - self.mean) * self.inv_std)
-
-    @torch.no_grad()
-    def fit_standardisation(self, features: torch.Tensor) -> None:
-        """Per-dimension mean and 1/std; the variance is floored at 1% of the average one so
-        a dead channel that comes alive during fine-tuning is not multiplied by a huge gain."""
-        features = features.float()
-        var = features.var(dim=0, unbiased=False) if len(features) > 1 else torch.ones_like(features[0])
-        self.mean.copy_(features.mean(dim=0))
-        self.inv_std.copy_(torch.rsqrt(var + 0.01 * var.mean() + 1e-12))
-
-    @torch.no_grad()
-    def folded(self) -> dict[str, torch.Tensor]:
-        """``<t>.weight``/``<t>.bias`` with ``W x + b`` = this head on the raw pooled vector x."""
-        out = {}
-        for t, head in enumerate(self.heads):
-            weight = head.weight * self.inv_std
-            out[f"{t}.weight"] = weight.clone()
-            out[f"{t}.bias"] = head.bias - weight @ self.mean
-        return out
-
-
-def joint_loss(features: torch.Tensor, heads: Callable[[int, torch.Tensor], torch.Tensor],
-               task_ids: torch.Tensor, labels: torch.Tensor, tasks: Sequence[TaskInfo]) -> tuple[torch.Tensor, int, int]:
-    """Mean over the batch of each sample's loss on its own task's head (``heads(t, x)``);
-    also the number of correct arg-max predictions and of single-label samples."""
-    total = features.new_zeros(())
-    correct = counted = 0
-    for t, task in enumerate(tasks):
-        rows = torch.nonzero(task_ids == t, as_tuple=True)[0]
-        if rows.numel() == 0:
-            continue
-        logits = heads(t, features[rows])
-        y = labels[rows]
-        if task.multilabel:
-            y = y[:, : task.n_outputs]
-            known = (y != 0).float()
-            bce = F.binary_cross_entropy_with_logits(logits, (y == 1).float(), reduction="none")
-            per_sample = (bce * known).sum(dim=1) / known.sum(dim=1).clamp(min=1.0)
-        else:
-            per_sample = F.cross_entropy(logits, y[:, 0], reduction="none")
-            correct += int((logits.argmax(dim=1) == y[:, 0]).sum())
-            counted += int(rows.numel())
-        total = total + per_sample.sum()
-    return total / max(1, features.shape[0]), correct, counted
-
-
-def cosine_lr(base: float, step: int, total: int) -> float:
-    """Cosine decay from ``base`` at step 0 to 0 at step ``total``."""
-    return base * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(1, total)))
-
-
 # ------------------------------------------------------------------------------ training
 def finetune(
     source: Source,
@@ -282,68 +215,72 @@ def finetune(
     if len(train_set) < 2:
         raise TransferlabError("fine-tuning needs at least 2 training images (BatchNorm needs batches of 2)")
     steps_per_epoch = len(make_loader(train_set, batch_size, True, 0, drop_single=True))
-    state = _State()
     ckpt_path = out / CHECKPOINT
-    if ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path)
-        check_settings(ckpt["settings"], settings, ckpt_path)
-        state = _State.restore(ckpt)
-        model.load_state_dict(ckpt["model"])
-        heads.load_state_dict(ckpt["heads"])
-        opt.load_state_dict(ckpt["optimizer"])
+    loop: TrainingLoop[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = TrainingLoop(
+        {"model": model, "heads": heads}, opt, kind=KIND, checkpoint=ckpt_path, settings=settings,
+        schedule=Schedule("cosine", epochs, steps_per_epoch), lr=lr, seed_of=lambda e: seed * 100_003 + e,
+        device=dev, patience=patience, keep_best=True, desc="finetune", progress=progress)
+    state = loop.resume(resumable=RESUMABLE_SETTINGS, advice=f"use another --out, or delete {CHECKPOINT} to start over")
+    if state.epoch:
         _say(progress, f"resuming {ckpt_path} after epoch {state.epoch}"
              + (" (it had stopped early)" if state.stopped_early else ""))
     resumed_from = state.epoch
-    runner = _Runner(work, model, heads, infos, plan, dev, batch_size, workers, progress)
+    runner = FinetunePasses(work, model, heads, infos, plan, dev, batch_size, workers, progress)
     if state.epoch == 0:
         heads.fit_standardisation(runner.features_sample(train_set, STANDARDISE_IMAGES, seed))
-    total_steps = epochs * steps_per_epoch
 
-    for epoch in range(state.epoch + 1, epochs + 1):
-        if state.stopped_early:
-            break
-        start = time.perf_counter()
-        loss, accuracy = runner.train_epoch(train_set, opt, state, epoch, epochs, total_steps, seed, ckpt_path)
-        try:
-            val = {info.name: runner.score(t, info.val, "val")[info.metric] for t, info in enumerate(infos)}
-        except _NonFinite as exc:
-            raise _diverged(f"the validation scores of task {exc} became NaN/inf", epoch, state, opt,
-                            ckpt_path) from None
-        score = _mean_score(val)
-        if math.isnan(score):
-            warnings.warn(f"epoch {epoch}: the validation metric is undefined (no positive of any class "
-                          "in the validation split); the latest epoch counts as the best", stacklevel=2)
-        if state.best is None or math.isnan(score) or score > state.best["score"]:
-            state.best = {"epoch": epoch, "score": score, "val": val,
-                          "model": cpu_state(model.state_dict()), "heads": cpu_state(heads.state_dict())}
-            state.bad_epochs = 0
-        else:
-            state.bad_epochs += 1
-        state.epoch = epoch
-        state.stopped_early = patience is not None and state.bad_epochs >= patience and epoch < epochs
-        report = EpochReport(epoch, epochs, loss, accuracy, val, score, opt.param_groups[-1]["lr"] / opt.param_groups[-1]["lr_scale"],
-                             time.perf_counter() - start, state.best["epoch"], model, heads)
-        state.history.append(report.entry())
-        save_checkpoint(ckpt_path, {
-            **state.to_checkpoint(), "settings": settings, "model": cpu_state(model.state_dict()),
-            "heads": cpu_state(heads.state_dict()), "optimizer": opt.state_dict(),
-            "scheduler": {"kind": "cosine", "step": state.step, "total_steps": total_steps},
-        })
-        _say(progress, f"epoch {epoch}/{epochs}: loss {loss:.4f}, val "
-             + ", ".join(f"{k} {infos[i].metric} {v:.4f}" for i, (k, v) in enumerate(val.items()))
-             + f" (best epoch {state.best['epoch']})")
+    def batches(epoch: int, epoch_seed: int):
+        # the same data order and crops whether resumed or not
+        loader = make_loader(train_set, batch_size, True, workers, seed=epoch_seed, pin=dev.type == "cuda",
+                             drop_single=True)
+        for images, task_ids, labels, indices, reasons in loader:
+            check_batch(train_set, indices, reasons)
+            yield images, task_ids, labels
+
+    def step(batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> StepResult:
+        images, task_ids, labels = batch
+        features = runner.features(images)
+        loss, right, single = joint_loss(features, heads, task_ids.to(dev), labels.to(dev), infos)
+        return StepResult(loss, int(images.shape[0]), right, single)
+
+    def validate(epoch: int) -> Validation:
+        val = {info.name: runner.score(t, info.val, "val")[info.metric] for t, info in enumerate(infos)}
+        return Validation(_mean_score(val), val)
+
+    def end_epoch(result: EpochResult) -> dict[str, Any]:
+        assert result.validation is not None
+        return {"epoch": result.epoch, "train_loss": result.train_loss, "train_accuracy": result.train_accuracy,
+                "val": dict(result.validation.details), "val_score": result.validation.score, "lr": result.lr,
+                "seconds": round(result.seconds, 3)}
+
+    def after_checkpoint(result: EpochResult, row: dict[str, Any]) -> None:
+        best = int(result.best_epoch or result.epoch)
+        _say(progress, f"epoch {result.epoch}/{epochs}: loss {result.train_loss:.4f}, val "
+             + ", ".join(f"{k} {infos[i].metric} {v:.4f}" for i, (k, v) in enumerate(row["val"].items()))
+             + f" (best epoch {best})")
         if on_epoch_end is not None:
-            on_epoch_end(report)
-        if state.stopped_early:
-            _say(progress, f"early stop after epoch {epoch}: no validation improvement for {patience} "
-                 f"epochs; best epoch {state.best['epoch']}")
+            on_epoch_end(EpochReport(result.epoch, epochs, result.train_loss, result.train_accuracy, row["val"],
+                                     row["val_score"], result.lr, result.seconds, best, model, heads))
+        if loop.state.stopped_early:
+            _say(progress, f"early stop after epoch {result.epoch}: no validation improvement for {patience} "
+                 f"epochs; best epoch {best}")
 
+    def advice(good: int) -> str:
+        if good:
+            return (f"rerun with --epochs {good} and the same --out to export its best weights, or lower "
+                    "--lr with a new --out.")
+        return "lower --lr (or use AdamW) and rerun."
+
+    state = loop.run(batches=batches, step=step, validate=validate, train_mode=runner.train_mode,
+                     end_epoch=end_epoch, after_checkpoint=after_checkpoint, advice=advice)
     if state.best is None:
         raise TransferlabError(f"{ckpt_path}: no trained epoch to export (epochs={epochs})")
-    model.load_state_dict(state.best["model"])
-    heads.load_state_dict(state.best["heads"])
-    metrics = {info.name: runner.score(t, info.test, "test") if info.test is not None else {}
-               for t, info in enumerate(infos)}
+    loop.restore_best()
+    try:
+        metrics = {info.name: runner.score(t, info.test, "test") if info.test is not None else {}
+                   for t, info in enumerate(infos)}
+    except NonFinite as exc:
+        raise TransferlabError(f"{exc} (best epoch {state.best['epoch']})") from None
     result = FinetuneResult(
         out=out, metrics=metrics, val=dict(state.best["val"]), best_epoch=int(state.best["epoch"]),
         epochs_completed=state.epoch, resumed_from=resumed_from, stopped_early=state.stopped_early,
@@ -353,176 +290,6 @@ def finetune(
     )
     write_finetuned(out, model.state_dict(), heads.folded(), _meta(source, work, infos, result))
     return result
-
-
-@dataclass
-class _State:
-    """Progress that a checkpoint carries besides the weights."""
-
-    epoch: int = 0
-    step: int = 0
-    bad_epochs: int = 0
-    stopped_early: bool = False
-    best: dict | None = None
-    history: list = field(default_factory=list)
-
-    def to_checkpoint(self) -> dict:
-        return {"epoch": self.epoch, "step": self.step, "bad_epochs": self.bad_epochs,
-                "stopped_early": self.stopped_early, "best": self.best, "history": self.history}
-
-    @classmethod
-    def restore(cls, ckpt: dict) -> _State:
-        return cls(int(ckpt["epoch"]), int(ckpt["step"]), int(ckpt["bad_epochs"]), bool(ckpt["stopped_early"]),
-                   ckpt["best"], list(ckpt["history"]))
-
-
-class _Runner:
-    """Training and scoring passes over the data for one fine-tuning run."""
-
-    def __init__(self, source: Source, model: nn.Module, heads: TaskHeads, infos: list[TaskInfo],
-                 plan: BlockPlan, dev: torch.device, batch_size: int, workers: int, progress: bool):
-        self.source, self.model, self.heads, self.infos = source, model, heads, infos
-        self.plan, self.dev, self.batch_size, self.workers, self.progress = plan, dev, batch_size, workers, progress
-        self._decoded: dict[int, torch.Tensor] = {}  # validation pixels by task, decoded once
-
-    def _autocast(self):
-        return torch.autocast(device_type=self.dev.type, dtype=torch.bfloat16, enabled=self.dev.type == "cuda")
-
-    def _features(self, images: torch.Tensor) -> torch.Tensor:
-        images = images.to(self.dev, non_blocking=True)
-        with self._autocast():  # the top layer pooled as the model's head pools it (cls for ViTs)
-            return self.source.head_vector(self.model, images).float()
-
-    def train_epoch(self, dataset: TaskImages, opt: torch.optim.Optimizer, state: _State, epoch: int,
-                    epochs: int, total_steps: int, seed: int, ckpt_path: Path) -> tuple[float, float | None]:
-        from tqdm.auto import tqdm
-
-        epoch_seed = seed * 100_003 + epoch  # the same data order and crops whether resumed or not
-        torch.manual_seed(epoch_seed)
-        loader = make_loader(dataset, self.batch_size, True, self.workers, seed=epoch_seed,
-                             pin=self.dev.type == "cuda", drop_single=True)
-        set_train_mode(self.model, self.plan)
-        self.heads.train()
-        loss_sum, seen, correct, counted = 0.0, 0, 0, 0
-        bar = tqdm(total=len(loader), desc=f"finetune {epoch}/{epochs}", unit="batch",
-                   disable=not self.progress, file=sys.stderr, dynamic_ncols=True)
-        try:
-            for images, task_ids, labels, indices, reasons in loader:
-                check_batch(dataset, indices, reasons)
-                for group in opt.param_groups:
-                    group["lr"] = cosine_lr(group["base_lr"], state.step, total_steps)
-                features = self._features(images)
-                loss, right, single = joint_loss(features, self.heads, task_ids.to(self.dev),
-                                                 labels.to(self.dev), self.infos)
-                if not torch.isfinite(loss):
-                    what = "NaN" if torch.isnan(loss) else "infinite"
-                    raise _diverged(f"the training loss became {what}", epoch, state, opt, ckpt_path)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                state.step += 1
-                n = images.shape[0]
-                loss_sum += float(loss.detach()) * n
-                seen += n
-                correct += right
-                counted += single
-                postfix = {"loss": f"{loss_sum / seen:.4f}"}
-                if counted:
-                    postfix["acc"] = f"{correct / counted:.3f}"
-                bar.set_postfix(postfix)
-                bar.update(1)
-        finally:
-            bar.close()
-        return loss_sum / max(1, seen), (correct / counted if counted else None)
-
-    @torch.no_grad()
-    def features_sample(self, dataset: TaskImages, limit: int, seed: int) -> torch.Tensor:
-        """Pooled features of up to ``limit`` seeded-random training images (eval transform,
-        the network in its training mode, as the heads will first see it), for the heads'
-        standardisation. BatchNorm running statistics are restored afterwards."""
-        from torch.utils.data import Subset
-
-        rows = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:limit]
-        plain = TaskImages(self.infos, [info.train for info in self.infos], self.source.preprocessing, train=False)
-        loader = make_loader(Subset(plain, rows.tolist()), self.batch_size, False, self.workers,
-                             pin=self.dev.type == "cuda", drop_single=True)
-        buffers = {name: buf.clone() for name, buf in self.model.named_buffers()}
-        set_train_mode(self.model, self.plan)
-        chunks = []
-        try:
-            for images, _tasks, _labels, indices, reasons in loader:
-                check_batch(plain, indices, reasons)
-                chunks.append(self._features(images).float())
-        finally:
-            for name, buf in self.model.named_buffers():
-                buf.copy_(buffers[name])
-            self.model.eval()
-        return torch.cat(chunks)
-
-    @torch.no_grad()
-    def score(self, t: int, split: Split, what: str) -> dict[str, Any]:
-        """Head ``t``'s scores on ``split`` through the task's metric protocol."""
-        from transferlab.evaluate import evaluate_classification
-        from transferlab.metrics import MetricWarning
-
-        info = self.infos[t]
-        pre = self.source.preprocessing
-        self.model.eval()
-        self.heads.eval()
-        chunks = []
-        for pixels in self._eval_pixels(t, split, what):
-            images = pre.normalize(pixels.to(self.dev, non_blocking=True))
-            chunks.append(self.heads(t, self._features(images)).float().cpu().numpy())
-        scores = np.concatenate(chunks).astype(np.float64)
-        if not np.isfinite(scores).all():
-            raise _NonFinite(info.name)
-        with warnings.catch_warnings():
-            if what == "val":  # a small held-out split may lack positives of some class
-                warnings.simplefilter("ignore", MetricWarning)
-            return evaluate_classification(info.metric, np.asarray(split.labels), scores)
-
-
-    def _eval_pixels(self, t: int, split: Split, what: str):
-        """uint8 batches of ``split`` at the eval geometry. The validation split is scored
-        every epoch with the same pixels: decoded once and kept while it fits in
-        ``EVAL_CACHE_BYTES``; other splits are decoded as they are scored."""
-        cached = self._decoded.get(t) if what == "val" else None
-        if cached is not None:
-            yield from cached.split(self.batch_size)
-            return
-        from transferlab.data.images import ImageListDataset, image_batches
-        from transferlab.errors import BadImageError
-
-        pre = self.source.preprocessing
-        dataset = ImageListDataset(split.paths, split.boxes, pre, range(len(split)))
-        keep = what == "val" and len(split) * pre.input_size**2 * 3 <= EVAL_CACHE_BYTES
-        kept = []
-        for pixels, indices, reasons in image_batches(dataset, self.batch_size, self.workers,
-                                                      pin_memory=self.dev.type == "cuda"):
-            for k, reason in enumerate(reasons):
-                if reason:
-                    raise BadImageError(split.paths[int(indices[k])], reason)
-            if keep:
-                kept.append(pixels)
-            yield pixels
-        if keep:
-            self._decoded[t] = torch.cat(kept)
-
-
-class _NonFinite(Exception):
-    """Scores of a task (named in the message) are NaN/inf."""
-
-
-def _diverged(what: str, epoch: int, state: _State, opt, ckpt_path: Path) -> TrainingDiverged:
-    lr = opt.param_groups[-1]["base_lr"] / opt.param_groups[-1]["lr_scale"]
-    good = state.epoch
-    where = f"{what} at epoch {epoch}, step {state.step + 1} (lr {lr:.3g}); training stopped. "
-    if good:
-        keep = (f"The last good checkpoint is {ckpt_path} (epoch {good}); rerun with --epochs {good} and the "
-                f"same --out to export its best weights, or lower --lr with a new --out.")
-    else:
-        keep = "No epoch completed, so nothing was saved; lower --lr (or use AdamW) and rerun."
-    return TrainingDiverged(where + keep, epoch=epoch, step=state.step + 1, checkpoint_epoch=good)
 
 
 def _mean_score(val: dict[str, float]) -> float:
@@ -632,7 +399,7 @@ def _build_num_classes(source: Source) -> int | None:
     return int(source.num_classes) or None
 
 
-def _meta(source: Source, work: Source, infos: list[TaskInfo], result: FinetuneResult) -> dict[str, Any]:
+def _meta(source: Source, work: Source, infos: list[FinetuneTask], result: FinetuneResult) -> dict[str, Any]:
     return {
         "arch": source.arch,
         "build_num_classes": _build_num_classes(work),

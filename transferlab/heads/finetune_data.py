@@ -24,8 +24,9 @@ MULTI_KINDS = ("multilabel", "attributes")
 
 
 @dataclass
-class TaskInfo:
-    """What the trainer needs to know about one target task."""
+class FinetuneTask:
+    """A target task as fine-tuning sees it: its training, validation (chosen by
+    ``prepare_task``) and test splits, its metric and the size of its head."""
 
     name: str
     kind: str  # "single" or "multilabel"
@@ -60,7 +61,7 @@ def task_metric(task: TaskData) -> str:
     return "accuracy" if task.kind == "single" else "map"
 
 
-def prepare_task(task: TaskData, seed: int, val_fraction: float) -> TaskInfo:
+def prepare_task(task: TaskData, seed: int, val_fraction: float) -> FinetuneTask:
     """Check a task can be fine-tuned on and pick its validation split."""
     if task.kind == "retrieval":
         raise TransferlabError(
@@ -88,7 +89,7 @@ def prepare_task(task: TaskData, seed: int, val_fraction: float) -> TaskInfo:
         train = _subset(train, np.sort(order[n_val:]), "train")
         val_source = f"{val_fraction:.0%} of train (seed {seed})"
     test = task.splits.get("test")
-    return TaskInfo(task.name, kind, list(task.classes), task_metric(task), train, val,
+    return FinetuneTask(task.name, kind, list(task.classes), task_metric(task), train, val,
                     test if test is not None and len(test) else None, val_source)
 
 
@@ -128,7 +129,7 @@ def split_fingerprint(split: Split) -> str:
 
 
 # ------------------------------------------------------------------------------ datasets
-def pack_labels(tasks: list[TaskInfo], splits: list[Split]) -> np.ndarray:
+def pack_labels(tasks: list[FinetuneTask], splits: list[Split]) -> np.ndarray:
     """Every sample's label as one int64 row (see the module docstring)."""
     width = max([1] + [t.n_outputs for t in tasks if t.multilabel])
     rows = []
@@ -147,7 +148,7 @@ class TaskImages(Dataset):
     """(image tensor, task index, label row, reason) per sample; an unreadable image gives a
     non-empty reason instead of raising, so the main process can name the file."""
 
-    def __init__(self, tasks: list[TaskInfo], splits: list[Split], preprocessing: Preprocessing, train: bool):
+    def __init__(self, tasks: list[FinetuneTask], splits: list[Split], preprocessing: Preprocessing, train: bool):
         self.paths: list[str] = []
         self.boxes: list[Box | None] = []
         task_ids = []

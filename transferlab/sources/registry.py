@@ -33,7 +33,7 @@ from transferlab.sources.weights import file_sha256, fit_state_dict, load_state_
 
 SourceFactory = Callable[[str, "str | None"], Source]
 _KINDS: dict[str, tuple[SourceFactory, str]] = {}
-_KIND_MODULES = ("transferlab.sources.finetuned", "transferlab.sources.train", "transferlab.sources.handcrafted")
+_KIND_MODULES = ("transferlab.sources.finetuned", "transferlab.sources.trained", "transferlab.sources.handcrafted")
 
 
 def register_source_kind(prefix: str, factory: SourceFactory, description: str) -> None:
