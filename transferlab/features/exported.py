@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -77,23 +78,24 @@ def exported_task_and_features(folder: str | Path) -> tuple[TaskData, ExportedFe
         label_names.append([r[1] for r in body])
         counts[name] = len(body)
     # the manifest says what the task is; exports from before it did are guessed from labels
-    kind = manifest.get("kind") or ("multilabel" if any(";" in x for names in label_names for x in names) else "single")
+    kind: Any = manifest.get("kind") or ("multilabel" if any(";" in x for names in label_names for x in names) else "single")
     multilabel = kind != "single"
     classes = manifest.get("classes") or sorted({c for names in label_names for x in names for c in x.split(";") if c})
     index = {c: i for i, c in enumerate(classes)}
     for (name, split), names in zip(splits.items(), label_names, strict=True):
         items = folder / name / "items.csv"
         labels = -np.ones((len(names), len(classes)), dtype=np.int8) if multilabel else np.zeros(len(names), np.int64)
-        for row, label in enumerate(names):
+        for position, label in enumerate(names):
             for c in (label.split(";") if multilabel else [label]):
                 if c == "" and multilabel:
                     continue  # an image with no positive label
                 if c not in index:
-                    raise AnnotationError(items, f"label {c!r} is not one of the manifest's classes", line=row + 2)
+                    raise AnnotationError(items, f"label {c!r} is not one of the manifest's classes",
+                                          line=position + 2)
                 if multilabel:
-                    labels[row, index[c]] = 1
+                    labels[position, index[c]] = 1
                 else:
-                    labels[row] = index[c]
+                    labels[position] = index[c]
         splits[name] = Split(name, split.paths, labels)
     if "train" not in splits or "test" not in splits:
         raise TransferlabError(f"{folder}: probing needs exported train and test splits")
@@ -101,6 +103,6 @@ def exported_task_and_features(folder: str | Path) -> tuple[TaskData, ExportedFe
                     root=str(folder))
     layers = [(entry["index"], entry["name"]) for entry in manifest["layers"]]
     kinds = {entry["name"]: str(entry.get("kind") or "") for entry in manifest["layers"]}
-    dims = manifest.get("dims") if isinstance(manifest.get("dims"), dict) else {}
+    dims: dict[str, Any] = manifest["dims"] if isinstance(manifest.get("dims"), dict) else {}
     metric = manifest.get("metric") or ("map" if multilabel else "accuracy")
     return task, ExportedFeatures(folder, layers, counts, list(dims), kinds), metric

@@ -43,7 +43,7 @@ class LocalExecutor:
         if hasattr(features, "members"):
             from transferlab.device import resolve_device
 
-            record_local_extraction(features, str(resolve_device(args[-1].get("device", "auto"))))
+            record_local_extraction(features, str(resolve_device(args[6].get("device", "auto"))))  # execution
         return result
 
     def map_evaluation(self, fn: Callable, calls: Iterable[tuple]) -> Iterator[Any]:

@@ -159,7 +159,7 @@ def extract_sources(
     from transferlab.sources.concat import load_members
 
     out: dict[str, FeatureHandle] = {}
-    forwarded, notes = 0, []
+    forwarded, notes = 0, list[str]()
     for spec in sources:
         members = load_members(spec, weights, resolution)
         usable = [layer for layer in layers if all(_has_layer(source, layer) for source in members)]
@@ -199,7 +199,8 @@ def _has_layer(source, layer: int | str) -> bool:
 
 def candidates_of(features: dict[str, FeatureHandle], poolings: Sequence[str]) -> tuple[list[Candidate], list[str]]:
     """Every (source, layer, pooling) that exists: spatial poolings only on spatial layers."""
-    out, notes = [], []
+    out: list[Candidate] = []
+    notes: list[str] = []
     for source, handle in features.items():
         given = handle.representations()
         by_layer: dict[str, list[str]] = {}
