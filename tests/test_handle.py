@@ -205,3 +205,30 @@ def test_a_lower_is_better_metric_is_read_the_right_way_round(error_rate):
     table, _ = transferability([summary], {"standard": standard.as_dict()})
     assert {t["score"] for t in table} == {"logme", "knn1"}
     assert all(t["top1_hit"] and t["rho"] == pytest.approx(1.0) for t in table)
+
+
+def test_the_probe_picks_c_by_the_lowest_error_for_a_lower_is_better_metric(error_rate):
+    """C chosen on val by error rate is the C chosen by accuracy (error = 1 - accuracy), and the
+    validation score is the error at that C, not the largest error of the grid. (The selection
+    step itself: the bootstrap intervals of a whole row know only the built-in metrics.)"""
+    from transferlab.heads.probe import LinearProbe
+    from transferlab.study.config import ProbeConfig
+    from transferlab.study.evaluation import _fit_and_select
+
+    rng = np.random.default_rng(0)
+    labels = {name: rng.integers(0, 3, n) for name, n in (("train", 60), ("val", 40))}
+    arrays = {name: (rng.normal(size=(len(y), 6)) + 0.8 * np.eye(3, 6)[y]).astype(np.float32)
+              for name, y in labels.items()}
+
+    class Task:
+        name, classes = "tiny", ["a", "b", "c"]
+
+    probe = ProbeConfig(Cs=[0.0001, 0.01, 1.0, 100.0])
+    chosen = {m: _fit_and_select(Task(), probe, m, False, 0, arrays["train"], labels["train"], arrays["val"],
+                                 labels["val"], None) for m in ("accuracy", error_rate)}
+    (acc_model, acc_val, _), (err_model, err_val, _) = chosen["accuracy"], chosen[error_rate]
+    assert err_model.C_ == acc_model.C_ and err_val == pytest.approx(1.0 - acc_val)
+    errors = 1.0 - np.array([LinearProbe(Cs=[c]).fit(arrays["train"], labels["train"]).score(arrays["val"],
+                                                                                               labels["val"])
+                             for c in probe.Cs])
+    assert err_val == pytest.approx(errors.min()) and errors.max() > errors.min()  # the grid's spread matters

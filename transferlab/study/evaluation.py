@@ -15,7 +15,7 @@ import numpy as np
 from transferlab.analysis import intervals
 from transferlab.data.base import TaskData
 from transferlab.errors import TransferlabError
-from transferlab.evaluate import evaluate_classification, evaluate_retrieval
+from transferlab.evaluate import evaluate_classification, evaluate_retrieval, higher_is_better
 from transferlab.features.handle import FeatureHandle, Representation
 from transferlab.features.postprocess import L2Normalize, build_postprocess
 from transferlab.results.store import ResultRow
@@ -79,15 +79,18 @@ def evaluate_probe_job(job: Job, task: TaskData, features: FeatureHandle, probe:
     return row
 
 
-def _task_scoring(metric: str, multilabel: bool, n_classes: int, model):
-    """The probe's selection score in the task's own metric (per fold, or on val)."""
+def _task_scoring(metric: str, multilabel: bool, n_classes: int, model, oriented: bool = True):
+    """The probe's selection score in the task's own metric (per fold, or on val). ``oriented``:
+    negated for a lower-is-better metric (the metric registry says), since the probe picks the
+    C of the largest score."""
+    sign = 1.0 if not oriented or higher_is_better(metric) else -1.0
 
     def score(y_true: np.ndarray, block: np.ndarray) -> float:
         full = block if multilabel else _all_class_scores(block, model.classes_, n_classes)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                return float(evaluate_classification(metric, y_true, full)[metric])
+                return sign * float(evaluate_classification(metric, y_true, full)[metric])
         except TransferlabError:
             return float("nan")
 
@@ -140,7 +143,8 @@ def _fit_and_select(task: TaskData, probe: ProbeConfig, metric: str, multilabel:
     scores = np.asarray(model.cv_scores_, dtype=np.float64)
     if not np.isfinite(scores).any():
         return model, None, f"none: task {task.name}: the validation metric is undefined"
-    return model, float(np.nanmax(scores)), model.selection_
+    sign = 1.0 if higher_is_better(metric) else -1.0  # cv_scores_ are oriented (_task_scoring)
+    return model, sign * float(np.nanmax(scores)), model.selection_
 
 
 def _single_c_score(model, metric, multilabel, n_classes, X_train, y_train, X_val, y_val, groups, seed):
@@ -150,7 +154,8 @@ def _single_c_score(model, metric, multilabel, n_classes, X_train, y_train, X_va
               "class_weight": model.class_weight, "seed": seed}
     if X_val is not None:
         held = LinearProbe(**params).fit(X_train, y_train)
-        return _finite_or_none(_task_scoring(metric, multilabel, n_classes, held)(y_val, held.decision_function(X_val)))
+        return _finite_or_none(_task_scoring(metric, multilabel, n_classes, held, oriented=False)(
+            y_val, held.decision_function(X_val)))
     ids = np.arange(len(X_train)) if groups is None else np.asarray(groups)
     unique = np.unique(ids)
     if len(unique) < model.cv:
@@ -163,7 +168,7 @@ def _single_c_score(model, metric, multilabel, n_classes, X_train, y_train, X_va
             held = LinearProbe(**params).fit(X_train[fold != k], y_train[fold != k])
         except TransferlabError:
             continue
-        values.append(_task_scoring(metric, multilabel, n_classes, held)(y_train[fold == k],
+        values.append(_task_scoring(metric, multilabel, n_classes, held, oriented=False)(y_train[fold == k],
                                                                          held.decision_function(X_train[fold == k])))
     return _finite_or_none(float(np.nanmean(values))) if values and np.isfinite(values).any() else None
 
@@ -302,8 +307,6 @@ def best_setting(rows: Sequence[dict], standard: Setting, metric: str) -> Settin
     one-at-a-time row (others at the standard value) has the best *validation* score in
     ``metric`` (its direction from the metric registry; ties: the standard value). Rows
     without a validation score never win; the test metric is never looked at."""
-    from transferlab.evaluate import higher_is_better
-
     base = standard.as_dict()
     best = dict(base)
     sign = 1.0 if higher_is_better(metric) else -1.0
