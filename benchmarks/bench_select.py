@@ -44,7 +44,7 @@ from transferlab.study.select import (
 )
 
 RESULTS = Path(__file__).resolve().parent / "results" / "select.json"
-SCORES = ("logme", "knn", "hscore")
+SCORES = ("logme", "knn1", "hscore")
 
 
 def _write_atomic(path: Path, payload: dict[str, Any]) -> None:
@@ -95,7 +95,7 @@ def bench_task(name: str, sources: list[str], layers: list[int], poolings: list[
         "extract_seconds": extract_seconds, "forwarded_images": forwarded,
         "probe_seconds": probe_seconds, "probe_cpu_seconds": probe_cpu,
         # each probe row also stores LogME and 1-NN of its features (evaluate_probe_job): take that out
-        "probe_seconds_without_stored_scores": probe_seconds - scored["logme"]["seconds"] - scored["knn"]["seconds"],
+        "probe_seconds_without_stored_scores": probe_seconds - scored["logme"]["seconds"] - scored["knn1"]["seconds"],
         "best_by_probe": {"candidate": _name(candidates[best]), "value": values[best]},
         "scores": {}, "notes": notes,
     }  # fmt: skip

@@ -45,7 +45,7 @@ def test_score_features_bad_input():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(30, 5))
     y = np.repeat(np.arange(3), 10)
-    for score in ("logme", "knn", "hscore"):
+    for score in ("logme", "knn1", "hscore"):
         value, caught = score_features(x, y, score)
         assert math.isfinite(value) and caught == []
         with pytest.raises(TransferlabError, match="single class"):
@@ -92,9 +92,9 @@ def test_select_end_to_end_on_digits(tmp_path, capsys):
     assert out["forwarded_images"] > 0
     assert out["estimated_full_probe_seconds"] == pytest.approx(out["seconds"]["probe"] / 2 * 4)
 
-    # second run: features come from the FeatureStore, the knn score ranks, every candidate is probed
+    # second run: features come from the FeatureStore, the knn1 score ranks, every candidate is probed
     args = [a for a in args if a != "--json"]
-    assert main([*args, "--score", "knn", "--full"]) == 0
+    assert main([*args, "--score", "knn1", "--full"]) == 0
     text = capsys.readouterr().out
     assert "all from the FeatureStore" in text
     assert "probing all" not in text  # nothing left to estimate

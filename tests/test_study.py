@@ -254,8 +254,8 @@ def test_finetune_factor_trains_once_and_extracts_the_tuned_network(tmp_path):
 def test_concat_keeps_spatial_search_windows_and_normalises_each_window():
     from types import SimpleNamespace
 
+    from transferlab.features.handle import ConcatFeatures, StoreFeatures
     from transferlab.sources.base import Layer
-    from transferlab.study.evaluation import FeatureSource
 
     rng = np.random.default_rng(0)
     arrays = [rng.normal(size=(5, 14, 8)).astype(np.float32), rng.normal(size=(5, 14, 4)).astype(np.float32)]
@@ -264,7 +264,7 @@ def test_concat_keeps_spatial_search_windows_and_normalises_each_window():
         handle = SimpleNamespace(get=lambda layer, pooling, view: array)
         return SimpleNamespace(layers=[Layer("features", array.shape[-1], 32, -1)], splits={"db": handle})
 
-    joined = FeatureSource([member(a) for a in arrays]).split("db", -1, "windows")
+    joined = ConcatFeatures([StoreFeatures(member(a)) for a in arrays]).split("db", -1, "windows")
     assert joined.shape == (5, 14, 12)
     assert np.allclose(np.linalg.norm(joined[..., :8], axis=-1), 1, atol=1e-5)
     assert np.allclose(joined[..., 8:], arrays[1] / np.linalg.norm(arrays[1], axis=-1, keepdims=True), atol=1e-5)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -502,3 +503,47 @@ def knn_accuracy(
         return float(correct.mean())
     per_class = np.bincount(problem.codes, weights=correct, minlength=problem.n_classes)
     return float(np.mean(per_class / np.bincount(problem.codes, minlength=problem.n_classes)))
+
+
+# ------------------------------------------------------------------- the registry
+@dataclass(frozen=True)
+class FeatureScore:
+    """A transferability score of (train features, labels): its name (the key of probe rows'
+    ``extra``, ``select --score``), the text tables print, and the function. Higher is better
+    for every one of them."""
+
+    name: str
+    title: str
+    function: Callable[[np.ndarray, np.ndarray], float]
+    stored: bool = False  # computed for every study probe row (extra[name]), so the report compares it
+
+
+def _knn1(features: np.ndarray, labels: np.ndarray) -> float:
+    return knn_accuracy(features, labels, k=1)
+
+
+FEATURE_SCORES: dict[str, FeatureScore] = {}
+
+
+def register_feature_score(score: FeatureScore) -> FeatureScore:
+    """Add a score; a name is registered once (a second registration is an error)."""
+    if score.name in FEATURE_SCORES:
+        raise TransferlabError(f"transferability score {score.name!r} is registered twice")
+    FEATURE_SCORES[score.name] = score
+    return score
+
+
+register_feature_score(FeatureScore("logme", "LogME", logme, stored=True))
+register_feature_score(FeatureScore("knn1", "1-NN accuracy (leave-one-out)", _knn1, stored=True))
+register_feature_score(FeatureScore("hscore", "H-score", hscore))
+
+
+def feature_score(name: str) -> FeatureScore:
+    if name not in FEATURE_SCORES:
+        raise TransferlabError(f"unknown score {name!r}; choose from {', '.join(FEATURE_SCORES)}")
+    return FEATURE_SCORES[name]
+
+
+def stored_scores() -> dict[str, str]:
+    """name -> title of the scores every study probe row carries."""
+    return {s.name: s.title for s in FEATURE_SCORES.values() if s.stored}

@@ -69,8 +69,7 @@ def run(args: argparse.Namespace) -> int:
     from transferlab.features.export import export_concat, export_features, extract_task
     from transferlab.features.pooling import validate_pooling
     from transferlab.features.store import FeatureStore
-    from transferlab.sources import load_source
-    from transferlab.sources.concat import concat_members
+    from transferlab.sources.concat import concat_members, load_members
 
     for pooling in parse_csv_list(args.pool):  # a bad name fails before any data or model loads
         validate_pooling(pooling)
@@ -82,8 +81,7 @@ def run(args: argparse.Namespace) -> int:
         raise TransferlabError("--weights names one network's file; a concat:[...] source takes only "
                                "--weights none (random init for every member)")
     extracted_members = []
-    for spec in members or [args.source]:
-        source = load_source(spec, args.weights, resolution=args.resolution)
+    for source in load_members(args.source, args.weights, args.resolution):
         extracted = extract_task(
             source, task, layers=parse_csv_list(args.layers), poolings=parse_csv_list(args.pool),
             views=parse_csv_list(args.views), splits=parse_csv_list(args.splits) if args.splits else None,

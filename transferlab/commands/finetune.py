@@ -97,7 +97,13 @@ def load_tasks(names: list[str], roots: list[str], quick: bool) -> list:
 def run(args: argparse.Namespace) -> int:
     from transferlab.heads.finetune import finetune
     from transferlab.sources import load_source
+    from transferlab.sources.concat import concat_members
 
+    if concat_members(args.source):
+        from transferlab.errors import TransferlabError
+
+        raise TransferlabError(f"--source {args.source}: fine-tuning trains one network; a concat:[...] source is "
+                               "several side by side (fine-tune each member, then concat:[finetuned:A,finetuned:B])")
     blocks = parse_blocks(args.blocks)
     tasks = load_tasks(args.task, args.root, args.quick)
     source = load_source(args.source, args.weights, resolution=args.resolution)

@@ -71,27 +71,23 @@ def task_and_features(args: argparse.Namespace, layer, pooling: str, views: list
     from transferlab.data.tasks import load_task
     from transferlab.errors import TransferlabError
     from transferlab.features.export import extract_task
+    from transferlab.features.handle import features_of
     from transferlab.features.store import FeatureStore
-    from transferlab.sources import load_source
-    from transferlab.sources.concat import concat_members
-    from transferlab.study.evaluation import FeatureSource
+    from transferlab.sources.concat import load_members
 
     if not args.source or not args.task:
         raise TransferlabError("give --source and --task (or --features DIR)")
     options = {"quick": True} if args.quick else {}
     task = load_task(args.task, args.root, **options)
     store = FeatureStore(args.cache) if args.cache else FeatureStore()
-    members = concat_members(args.source) or [args.source]
     parts = []
-    for spec in members:
-        source = load_source(spec, args.weights if len(members) == 1 else None,
-                             resolution=getattr(args, "resolution", None))
+    for source in load_members(args.source, args.weights, getattr(args, "resolution", None)):
         parts.append(extract_task(source, task, [layer], _with_companions(source, layer, pooling), views,
                                   store=store, device=args.device,
                                   batch_size=args.batch_size, num_workers=args.workers,
                                   on_bad_image=args.on_bad_image, progress=not args.no_progress,
                                   jpeg_draft=args.jpeg_draft, compile_model=args.compile))
-    return task, FeatureSource(parts)
+    return task, features_of(parts)
 
 
 def check_splits_not_empty(task, features, names: list[str]) -> None:
@@ -125,9 +121,9 @@ def run(args: argparse.Namespace) -> int:
         raise TransferlabError(f"--Cs must be positive finite numbers, got {args.Cs!r}")
     probe = ProbeConfig(loss=args.loss, Cs=Cs, class_weight=args.class_weight)
     if args.features:
-        from transferlab.commands._exported import exported_task_and_features
+        from transferlab.features.exported import exported_task_and_features
 
-        task, features, metric = exported_task_and_features(args.features, setting)
+        task, features, metric = exported_task_and_features(args.features)
     else:
         views = ["orig", "flip"] if setting.views == "orig+flip" else ["orig"]
         task, features = task_and_features(args, setting.layer, setting.pooling, views)

@@ -18,15 +18,21 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
         epilog="example: transferlab select --task digits --quick --sources efficientnet_lite0,mobilenet_v2 "
         "--layers -1,-2,-3,-4 --pool avg,max,grid2 --score logme --confirm 3",
     )
-    p.add_argument("--task", required=True, help="task name (see transferlab tasks)")
+    p.add_argument("--task", help="task name (see transferlab tasks)")
     p.add_argument("--root", help="the task's folder (benchmarks)")
     p.add_argument("--quick", action="store_true", help="built-in tasks: the small version")
-    p.add_argument("--sources", required=True, help="comma list of source specs (see transferlab sources)")
+    p.add_argument("--sources", default="", help="comma list of source specs (see transferlab sources); "
+                   "concat:[a,b] puts a's and b's features side by side")
+    p.add_argument("--features", action="append", default=[], metavar="DIR",
+                   help="a folder written by `transferlab extract --out` instead of --task/--sources (repeat to "
+                   "rank several; every exported layer, the --pool poolings)")
     p.add_argument("--weights", help="weights file (or 'none') for every source in --sources")
     p.add_argument("--layers", default="-1,-2,-3,-4", help="comma list, from the top or module names [-1,-2,-3,-4]")
     p.add_argument("--pool", default="avg,max,grid2", help="comma list of poolings [avg,max,grid2]")
-    p.add_argument("--score", choices=["logme", "knn", "hscore"], default="logme",
-                   help="logme (You et al. 2021), knn (leave-one-out 1-NN accuracy), hscore (Bao et al. 2019)")
+    from transferlab.analysis.transferability import FEATURE_SCORES
+
+    p.add_argument("--score", choices=list(FEATURE_SCORES), default="logme",
+                   help="; ".join(f"{s.name}: {s.title}" for s in FEATURE_SCORES.values()) + " [logme]")
     p.add_argument("--confirm", type=non_negative_int, default=3, help="probe the top K candidates [3]")
     p.add_argument("--full", action="store_true", help="probe every candidate; report score-probe agreement")
     p.add_argument("--Cs", default="0.01,0.1,1,10,100", help="probe C grid, comma separated [0.01,...,100]")
@@ -54,18 +60,30 @@ def run(args: argparse.Namespace) -> int:
         raise TransferlabError(f"--Cs must be numbers, got {args.Cs!r}") from None
     if not Cs or any(not (0 < c < float("inf")) for c in Cs):
         raise TransferlabError(f"--Cs must be positive finite numbers, got {args.Cs!r}")
-    sources, layers, poolings = parse_csv_list(args.sources), _layers(args.layers), parse_csv_list(args.pool)
-    if not sources or not layers or not poolings:
-        raise TransferlabError("--sources, --layers and --pool each need at least one value")
+    from transferlab.sources.concat import split_specs
+
+    sources, layers, poolings = split_specs(args.sources), _layers(args.layers), parse_csv_list(args.pool)
+    if not (sources or args.features) or not layers or not poolings:
+        raise TransferlabError("--sources (or --features), --layers and --pool each need at least one value")
     from transferlab.features.pooling import validate_pooling
 
     for pooling in poolings:
         validate_pooling(pooling)
-    spec = get_task(args.task)
-    task = load_task(args.task, args.root, **({"quick": True} if args.quick else {}))
+    handles = {}
+    if args.features:
+        if sources or args.task:
+            raise TransferlabError("--features ranks exported folders on their own task: give it without "
+                                   "--task and --sources")
+        task, metric, handles = _exported(args.features)
+    elif not args.task:
+        raise TransferlabError("give --task (and --sources), or --features DIR")
+    else:
+        metric = get_task(args.task).metric
+        task = load_task(args.task, args.root, **({"quick": True} if args.quick else {}))
     store = FeatureStore(args.cache) if args.cache else FeatureStore()
     result = select(
-        task, spec.metric, sources, layers, poolings, score=args.score, confirm=args.confirm, full=args.full,
+        task, metric, sources, layers, poolings, score=args.score, confirm=args.confirm, full=args.full,
+        handles=handles,
         probe=ProbeConfig(Cs=Cs), weights=args.weights, resolution=args.resolution, store=store, device=args.device,
         batch_size=args.batch_size, num_workers=args.workers, on_bad_image=args.on_bad_image,
         progress=not args.no_progress, jpeg_draft=args.jpeg_draft, compile_model=args.compile,
@@ -75,6 +93,24 @@ def run(args: argparse.Namespace) -> int:
     else:
         print_selection(result)
     return 0
+
+
+def _exported(folders: list[str]):
+    """The task of exported folders (all of one task: the same images and labels) and a
+    handle on each folder's arrays, named by the folder."""
+    from transferlab.errors import TransferlabError
+    from transferlab.features.exported import exported_task_and_features
+
+    task, metric, handles = None, "", {}
+    for folder in folders:
+        this, handle, this_metric = exported_task_and_features(folder)
+        if task is None:
+            task, metric = this, this_metric
+        elif [s.paths for s in this.splits.values()] != [s.paths for s in task.splits.values()]:
+            raise TransferlabError(f"{folder}: exports another task's images than {folders[0]}; rank folders of "
+                                   "one task together")
+        handles[folder] = handle
+    return task, metric, handles
 
 
 def print_selection(result) -> None:

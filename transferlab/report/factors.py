@@ -41,7 +41,9 @@ from typing import Any
 import numpy as np
 
 from transferlab.analysis.correlation import Correlation, spearman
+from transferlab.analysis.transferability import stored_scores
 from transferlab.errors import TransferlabError
+from transferlab.evaluate import higher_is_better
 from transferlab.report.tables import (
     TaskInfo,
     TaskSummary,
@@ -61,7 +63,7 @@ from transferlab.results.factors import get_factor, setting_factors
 
 SIGNIFICANCE = 0.05
 
-SCORES: dict[str, str] = {"logme": "LogME", "knn1": "1-NN accuracy (leave-one-out)"}
+SCORES: dict[str, str] = stored_scores()  # name -> title: the scores stored with every probe row
 """Transferability scores stored in a probe row's ``extra``, with their display names."""
 
 
@@ -408,11 +410,12 @@ def transferability(
                 continue
             scores = [float(r["extra"][score]) for r in rows]
             values = [float(r["value"]) for r in rows]
-            corr = spearman(scores, values, seed=seed, unit="rows")
+            sign = 1.0 if higher_is_better(s.metric) else -1.0  # oriented: +1 = ranks like the probe
+            corr = spearman(scores, [sign * v for v in values], seed=seed, unit="rows")
             top1 = None
             if len(rows) >= 2:
                 best_scored = int(np.argmax(scores))
-                top1 = bool(values[best_scored] == max(values))
+                top1 = bool(values[best_scored] == (max if sign > 0 else min)(values))
                 top1_tasks += 1
                 hits += int(top1)
             if corr.ok:

@@ -1,7 +1,7 @@
 """The cheap part of a study: from features already in the FeatureStore to a metric.
 
-Nothing here forwards an image. Each function takes handles on extracted features
-(``TaskFeatures``), a task and a Setting, and returns a ResultRow.
+Nothing here forwards an image. Each function takes a features handle
+(``features.handle.FeatureHandle``), a task and a Setting, and returns a ResultRow.
 """
 
 from __future__ import annotations
@@ -9,17 +9,16 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from transferlab.analysis import intervals
 from transferlab.data.base import TaskData
 from transferlab.errors import TransferlabError
-from transferlab.evaluate import evaluate_classification, evaluate_retrieval
-from transferlab.features.export import TaskFeatures
-from transferlab.features.postprocess import L2Normalize, build_postprocess
+from transferlab.evaluate import evaluate_classification, evaluate_retrieval, higher_is_better
+from transferlab.features.handle import FeatureHandle, Representation
+from transferlab.features.postprocess import build_postprocess
 from transferlab.results.store import ResultRow
 from transferlab.study.config import ProbeConfig, RetrievalConfig
 from transferlab.study.plan import Job, Setting
@@ -27,54 +26,10 @@ from transferlab.study.plan import Job, Setting
 if TYPE_CHECKING:
     from transferlab.heads.retrieval import RetrievalSettings
 
-
-class Features(Protocol):
-    """What an evaluation reads: a study source's features on one task (FeatureSource), or a
-    repeat's view of them (ResplitFeatures, PartitionFeatures)."""
-
-    def layer_name(self, layer: int | str) -> str: ...
-    def split(self, name: str, layer: int | str, pooling: str, view: str = "orig") -> np.ndarray: ...
-    def kept(self, name: str) -> np.ndarray: ...
+Features = FeatureHandle  # the name the evaluation functions' signatures use
 
 
-@dataclass
-class FeatureSource:
-    """Features of one study source on one task: one member, or several for ``concat:``."""
-
-    members: list[TaskFeatures]
-
-    def _member_layer(self, member: TaskFeatures, layer: int | str):
-        for candidate in member.layers:
-            if str(candidate.index) == str(layer) or candidate.name == str(layer):
-                return candidate
-        raise TransferlabError(f"layer {layer} was not extracted")
-
-    def layer_name(self, layer: int | str) -> str:
-        return "+".join(self._member_layer(m, layer).name for m in self.members)
-
-    def split(self, name: str, layer: int | str, pooling: str, view: str = "orig") -> np.ndarray:
-        parts = []
-        for member in self.members:
-            handle = member.splits[name]
-            array = np.asarray(handle.get(self._member_layer(member, layer), pooling, view), dtype=np.float32)
-            parts.append(array)
-        if len(parts) == 1:
-            return parts[0]
-        # concat: each member L2-normalised first, so no source dominates by scale; per vector
-        # along the last axis, so spatial-search windows (n, R, D) stay windows
-        return np.concatenate([_unit_last_axis(p) for p in parts], axis=-1)
-
-    def kept(self, name: str) -> np.ndarray:
-        kept = [m.splits[name].kept for m in self.members]
-        common = kept[0]
-        for other in kept[1:]:
-            common = np.intersect1d(common, other)
-        if any(len(k) != len(common) for k in kept):
-            raise TransferlabError(f"concat members skipped different images in split {name}")
-        return common
-
-
-def _view_features(features: Features, split: str, setting: Setting, train: bool):
+def _view_features(features: FeatureHandle, split: str, setting: Setting, train: bool):
     """Rows for one split: 'orig', or with 'orig+flip' the flipped copies added (train) or
     averaged in (test), as the paper's augmentation does."""
     orig = features.split(split, setting.layer, setting.pooling, "orig")
@@ -86,7 +41,7 @@ def _view_features(features: Features, split: str, setting: Setting, train: bool
     return (orig + flip) / 2.0, 1
 
 
-def evaluate_probe_job(job: Job, task: TaskData, features: Features, probe: ProbeConfig,
+def evaluate_probe_job(job: Job, task: TaskData, features: FeatureHandle, probe: ProbeConfig,
                        metric: str, seed: int = 0, transferability: bool = True) -> ResultRow:
     """Fit the linear probe on train (C chosen on val if present), score test. With
     ``transferability`` the row also carries LogME and 1-NN of the train features (the study
@@ -128,15 +83,18 @@ def evaluate_probe_job(job: Job, task: TaskData, features: Features, probe: Prob
     return row
 
 
-def _task_scoring(metric: str, multilabel: bool, n_classes: int, model):
-    """The probe's selection score in the task's own metric (per fold, or on val)."""
+def _task_scoring(metric: str, multilabel: bool, n_classes: int, model, oriented: bool = True):
+    """The probe's selection score in the task's own metric (per fold, or on val). ``oriented``:
+    negated for a lower-is-better metric (the metric registry says), since the probe picks the
+    C of the largest score."""
+    sign = 1.0 if not oriented or higher_is_better(metric) else -1.0
 
     def score(y_true: np.ndarray, block: np.ndarray) -> float:
         full = block if multilabel else _all_class_scores(block, model.classes_, n_classes)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                return float(evaluate_classification(metric, y_true, full)[metric])
+                return sign * float(evaluate_classification(metric, y_true, full)[metric])
         except TransferlabError:
             return float("nan")
 
@@ -189,7 +147,8 @@ def _fit_and_select(task: TaskData, probe: ProbeConfig, metric: str, multilabel:
     scores = np.asarray(model.cv_scores_, dtype=np.float64)
     if not np.isfinite(scores).any():
         return model, None, f"none: task {task.name}: the validation metric is undefined"
-    return model, float(np.nanmax(scores)), model.selection_
+    sign = 1.0 if higher_is_better(metric) else -1.0  # cv_scores_ are oriented (_task_scoring)
+    return model, sign * float(np.nanmax(scores)), model.selection_
 
 
 def _single_c_score(model, metric, multilabel, n_classes, X_train, y_train, X_val, y_val, groups, seed):
@@ -199,7 +158,8 @@ def _single_c_score(model, metric, multilabel, n_classes, X_train, y_train, X_va
               "class_weight": model.class_weight, "seed": seed}
     if X_val is not None:
         held = LinearProbe(**params).fit(X_train, y_train)
-        return _finite_or_none(_task_scoring(metric, multilabel, n_classes, held)(y_val, held.decision_function(X_val)))
+        return _finite_or_none(_task_scoring(metric, multilabel, n_classes, held, oriented=False)(
+            y_val, held.decision_function(X_val)))
     ids = np.arange(len(X_train)) if groups is None else np.asarray(groups)
     unique = np.unique(ids)
     if len(unique) < model.cv:
@@ -212,7 +172,7 @@ def _single_c_score(model, metric, multilabel, n_classes, X_train, y_train, X_va
             held = LinearProbe(**params).fit(X_train[fold != k], y_train[fold != k])
         except TransferlabError:
             continue
-        values.append(_task_scoring(metric, multilabel, n_classes, held)(y_train[fold == k],
+        values.append(_task_scoring(metric, multilabel, n_classes, held, oriented=False)(y_train[fold == k],
                                                                          held.decision_function(X_train[fold == k])))
     return _finite_or_none(float(np.nanmean(values))) if values and np.isfinite(values).any() else None
 
@@ -226,14 +186,14 @@ def transferability_scores(X: np.ndarray, y: np.ndarray) -> dict[str, float | No
     row so the analysis can check how well they predict the probe (None when undefined)."""
     import warnings
 
-    from transferlab.analysis.transferability import knn_accuracy, logme
+    from transferlab.analysis.transferability import FEATURE_SCORES, stored_scores
 
     out: dict[str, float | None] = {}
-    for name, fn in (("logme", lambda: logme(X, y)), ("knn1", lambda: knn_accuracy(X, y, k=1))):
+    for name in stored_scores():
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                value = float(fn())
+                value = float(FEATURE_SCORES[name].function(X, y))
             out[name] = value if np.isfinite(value) else None
         except TransferlabError:
             out[name] = None
@@ -339,14 +299,14 @@ def _resample_task(job: Job) -> str:
     return f"{job.task}#{job.split}" if job.split else job.task
 
 
-def best_setting(rows: Sequence[dict], standard: Setting, higher_is_better: bool = True) -> Setting:
+def best_setting(rows: Sequence[dict], standard: Setting, metric: str) -> Setting:
     """The paper's combined best-per-factor setting: every factor at the value whose
-    one-at-a-time row (others at the standard value) has the best *validation* score (ties:
-    the standard value). Rows without a validation score never win; the test metric is never
-    looked at."""
+    one-at-a-time row (others at the standard value) has the best *validation* score in
+    ``metric`` (its direction from the metric registry; ties: the standard value). Rows
+    without a validation score never win; the test metric is never looked at."""
     base = standard.as_dict()
     best = dict(base)
-    sign = 1.0 if higher_is_better else -1.0
+    sign = 1.0 if higher_is_better(metric) else -1.0
     sweep_rows = [r for r in rows if r["factors"].get("sweep") == "sweep"]
     for factor in base:
         candidates = [r for r in sweep_rows if _has_val(r)
@@ -364,10 +324,6 @@ def _has_val(row: dict) -> bool:
     return value is not None and bool(np.isfinite(value)) and not str(row.get("selection", "")).startswith("none")
 
 
-def _unit_last_axis(array: np.ndarray) -> np.ndarray:
-    return L2Normalize().transform(array.reshape(-1, array.shape[-1])).reshape(array.shape)
-
-
 CLASSIFICATION_SPLITS = ("train", "val", "test")
 
 
@@ -376,7 +332,7 @@ class ResplitFeatures:
     pooled and dealt out again, seeded, with each split's size (and, single-label, each
     split's count per class) kept. No image is forwarded again."""
 
-    def __init__(self, base: Features, assignment: dict[str, np.ndarray]):
+    def __init__(self, base: FeatureHandle, assignment: dict[str, np.ndarray]):
         self.base = base
         self.assignment = assignment
         self.names = [s for s in CLASSIFICATION_SPLITS if s in assignment]
@@ -391,12 +347,15 @@ class ResplitFeatures:
     def kept(self, name: str) -> np.ndarray:
         return np.arange(len(self.assignment[name]))
 
+    def representations(self) -> list[Representation]:
+        return self.base.representations()
+
 
 class PartitionFeatures:
     """The features of an official alternative partition (SUN397's ``train_p02``...) under the
     names the evaluation asks for (``train``, ``test``)."""
 
-    def __init__(self, base: Features, names: dict[str, str]):
+    def __init__(self, base: FeatureHandle, names: dict[str, str]):
         self.base = base
         self.names = names
 
@@ -409,8 +368,11 @@ class PartitionFeatures:
     def kept(self, name: str) -> np.ndarray:
         return self.base.kept(self.names.get(name, name))
 
+    def representations(self) -> list[Representation]:
+        return self.base.representations()
 
-def partition_repeat(task: TaskData, features: Features, split: int) -> tuple[TaskData, PartitionFeatures]:
+
+def partition_repeat(task: TaskData, features: FeatureHandle, split: int) -> tuple[TaskData, PartitionFeatures]:
     """Repeat ``split`` of a task read with extra partitions: its ``split``-th extra partition
     (splits ``train_pNN``/``test_pNN`` in reading order) as ``train``/``test``."""
     from dataclasses import replace as dc_replace
@@ -425,7 +387,7 @@ def partition_repeat(task: TaskData, features: Features, split: int) -> tuple[Ta
     return dc_replace(task, splits=splits), PartitionFeatures(features, names)
 
 
-def repeat_split(task: TaskData, features: Features, split: int, seed: int = 0) -> tuple[TaskData, Features]:
+def repeat_split(task: TaskData, features: FeatureHandle, split: int, seed: int = 0) -> tuple[TaskData, FeatureHandle]:
     """The data of repeat ``split`` (> 0): the next official partition where the task was read
     with them, a seeded re-deal of its images otherwise."""
     if any(name.startswith("train_p") for name in task.splits):
@@ -433,7 +395,7 @@ def repeat_split(task: TaskData, features: Features, split: int, seed: int = 0) 
     return resplit(task, features, split, seed)
 
 
-def resplit(task: TaskData, features: Features, split: int, seed: int = 0) -> tuple[TaskData, ResplitFeatures]:
+def resplit(task: TaskData, features: FeatureHandle, split: int, seed: int = 0) -> tuple[TaskData, ResplitFeatures]:
     """The ``split``-th seeded re-split of a classification task (split 0 is the task's own)."""
     from dataclasses import replace as dc_replace
 

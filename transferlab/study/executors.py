@@ -43,7 +43,7 @@ class LocalExecutor:
         if hasattr(features, "members"):
             from transferlab.device import resolve_device
 
-            record_local_extraction(features, str(resolve_device(args[-1].get("device", "auto"))))
+            record_local_extraction(features, str(resolve_device(args[6].get("device", "auto"))))  # execution
         return result
 
     def map_evaluation(self, fn: Callable, calls: Iterable[tuple]) -> Iterator[Any]:
@@ -154,7 +154,7 @@ class RayExecutor:
         left = plan_units([args], self._sources)
         if left:
             raise TransferlabError(f"{len(left)} shard(s) of {args[1].name} are still missing after extraction on Ray")
-        features, forwarded, distance = fn(*args[:6], {**args[6], "progress": False})
+        features, forwarded, distance = fn(*args[:6], {**args[6], "progress": False}, *args[7:])
         return features, forwarded + self._forwarded.pop(_request_key(args), 0), distance
 
     # ----------------------------------------------------------------- evaluation

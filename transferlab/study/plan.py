@@ -156,6 +156,9 @@ class Plan:
     to_train: int = 0  # train: networks not yet in the cache
     source_ids: dict[str, str] = field(default_factory=dict)  # source -> spec + weights identity
     task_ids: dict[str, str] = field(default_factory=dict)  # task -> name + options + data fingerprint
+    # source -> its loaded member networks (sources.concat.load_members), loaded once by the plan
+    # and used by the run: no source is loaded twice in one study
+    members: dict[str, list[Any]] = field(default_factory=dict)
 
     def make_job(self, source: str, task: str, setting: Setting, *, standard: bool = False,
                  optimal: bool = False, split: int = 0) -> Job:
@@ -264,9 +267,10 @@ def settings_for(config: StudyConfig, retrieval: bool) -> list[tuple[Setting, bo
     return [(s, s == standard) for s in unique]
 
 
-def make_plan(config: StudyConfig, check_layers: bool = True) -> Plan:
+def make_plan(config: StudyConfig, check_layers: bool = True, loaded: dict[str, list[Any]] | None = None) -> Plan:
     """Validate everything and expand the jobs. Sources of ``train:`` entries that are not
-    trained yet are planned without being loaded (their layers are checked after training)."""
+    trained yet are planned without being loaded (their layers are checked after training).
+    ``loaded``: members an earlier plan of the same run loaded (``Plan.members``), reused."""
     from transferlab.study.learning import (
         concat_factors,
         is_trained,
@@ -283,6 +287,8 @@ def make_plan(config: StudyConfig, check_layers: bool = True) -> Plan:
     specs: dict[str, TaskSpec] = {}
     task_ids: dict[str, str] = {}
     source_ids: dict[str, str] = {}
+    members: dict[str, list[Any]] = dict(loaded or {})
+    networks: dict[tuple, Any] = {}  # one load per network, also when a concat shares a member
     for task_entry in config.tasks:
         try:
             spec = get_task(task_entry.name)
@@ -339,7 +345,7 @@ def make_plan(config: StudyConfig, check_layers: bool = True) -> Plan:
             usable[entry.name] = {str(layer): frozenset(config.factors.pooling) for layer in config.factors.layers}
             continue
         sources[entry.name] = entry
-        found, source_problems, why_not, weights_ids = _check_source(entry, config, check_layers)
+        found, source_problems, why_not, weights_ids = _check_source(entry, config, check_layers, members, networks)
         source_ids[entry.name] = json.dumps([entry.spec, entry.weights, weights_ids, config.execution.resolution])
         problems.extend(source_problems)
         usable[entry.name] = found
@@ -359,7 +365,7 @@ def make_plan(config: StudyConfig, check_layers: bool = True) -> Plan:
                 problems.append(f"factors.layers: layer {layer} exists in none of the sources")
     jobs: list[Job] = []
     plan = Plan(config, sources, tasks, specs, jobs, list(config.factors.layers), list(config.factors.pooling),
-                ["orig"], notes, learning, len(untrained), source_ids, task_ids)
+                ["orig"], notes, learning, len(untrained), source_ids, task_ids, members)
     for source_name in sources:
         for task_name, spec in specs.items():
             if task_name not in tasks:
@@ -397,26 +403,26 @@ def make_plan(config: StudyConfig, check_layers: bool = True) -> Plan:
     return plan
 
 
-def _check_source(entry: SourceEntry, config: StudyConfig,
-                  check_layers: bool) -> tuple[dict[str, frozenset[str]], list[str], dict[str, str], list[str]]:
-    """Load each (member) source once; return {layer spec: the config's poolings it gives}
-    usable by every member, problems, for each pooling none of its layers gives why (naming
-    the layer and the pooling: ``cls`` on Swin's maps), and the members' weights ids."""
+def _check_source(entry: SourceEntry, config: StudyConfig, check_layers: bool, loaded: dict[str, list[Any]],
+                  networks: dict[tuple, Any]) -> tuple[dict[str, frozenset[str]], list[str], dict[str, str], list[str]]:
+    """Load the source's members (once per run: kept in ``loaded`` under the source's name);
+    return {layer spec: the config's poolings it gives} usable by every member, problems, for
+    each pooling none of its layers gives why (naming the layer and the pooling: ``cls`` on
+    Swin's maps), and the members' weights ids."""
     from transferlab.features.pooling import check_pooling, poolings_for
-    from transferlab.sources import load_source
+    from transferlab.sources.concat import load_members
 
-    members = concat_members(entry.spec)
-    specs = members if members else [entry.spec]
     problems: list[str] = []
     why_not: dict[str, str] = {}
     found: dict[str, frozenset[str]] | None = None
     weights_ids: list[str] = []
-    for spec in specs:
+    if entry.name not in loaded:
         try:
-            source = load_source(spec, entry.weights, resolution=config.execution.resolution)
+            loaded[entry.name] = load_members(entry.spec, entry.weights, config.execution.resolution, networks)
         except TransferlabError as exc:
-            problems.append(f"sources.{entry.name}: {exc}")
-            continue
+            return {}, [f"sources.{entry.name}: {exc}"], why_not, weights_ids
+    specs = concat_members(entry.spec) or [entry.spec]
+    for spec, source in zip(specs, loaded[entry.name], strict=True):
         weights_ids.append(str(source.weights_id))
         if not check_layers:
             continue

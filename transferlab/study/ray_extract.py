@@ -68,18 +68,22 @@ class Unit:
 
 def plan_units(requests: list[tuple], sources: dict) -> list[Unit]:
     """Missing shards of each request ``(specs, task, layers, poolings, views, store_root,
-    execution)``, computed on the driver from the store (sources loaded once, cached in
-    ``sources``)."""
+    execution[, members])``, computed on the driver from the store (sources loaded once, cached
+    in ``sources``; a request's ``members``, the plan's loaded networks, are used as they are)."""
     from transferlab.data.base import image_splits
     from transferlab.features.extract import group_keys
     from transferlab.features.pooling import pooling_applies, validate_pooling
     from transferlab.features.store import FeatureStore, output_name
 
     units: list[Unit] = []
-    for number, (specs, task, layers, poolings, views, store_root, execution) in enumerate(requests):
+    for number, request in enumerate(requests):
+        specs, task, layers, poolings, views, store_root, execution = request[:7]
+        loaded = request[7] if len(request) > 7 and request[7] else None
         store = FeatureStore(store_root) if store_root else FeatureStore()
         names = [validate_pooling(p) for p in poolings]
-        for spec, weights in specs:
+        for k, (spec, weights) in enumerate(specs):
+            if loaded is not None:
+                sources.setdefault((spec, weights, execution.get("resolution")), loaded[k])
             source = _cached_source(sources, spec, weights, execution.get("resolution"))
             resolved = source.resolve_layers(usable_layers(source, layers))
             outputs = [output_name(layer.name, p) for layer in resolved for p in names if pooling_applies(layer, p)]
@@ -105,11 +109,10 @@ def usable_layers(source, layers: list) -> list:
 
 
 def _cached_source(cache: dict, spec: str, weights: str | None, resolution: int | None = None):
-    from transferlab.sources import load_source
+    from transferlab.sources.concat import load_members
 
-    if (spec, weights, resolution) not in cache:
-        cache[(spec, weights, resolution)] = load_source(spec, weights, resolution=resolution)
-    return cache[(spec, weights, resolution)]
+    (source,) = load_members(spec, weights, resolution, cache)
+    return source
 
 
 class ExtractionWorker:
@@ -245,7 +248,7 @@ class WorkerPool:
             while queue or inflight:
                 for slot in dispatch_order(self.slots, len(queue)):
                     unit = queue.popleft()
-                    _, _, layers, poolings, _, store_root, execution = requests[unit.request]
+                    _, _, layers, poolings, _, store_root, execution = requests[unit.request][:7]
                     ref = slot.actor.extract.remote(unit, task_refs[unit.request], layers, poolings, store_root,
                                                     execution)
                     inflight[ref] = (unit, slot)

@@ -17,11 +17,11 @@ from transferlab.data.base import TaskData
 from transferlab.errors import TransferlabError
 from transferlab.features.export import extract_task
 from transferlab.features.extract import given_poolings
+from transferlab.features.handle import FeatureHandle, features_of
 from transferlab.features.store import FeatureStore
 from transferlab.results.store import ResultRow, ResultStore, collect_provenance
 from transferlab.study.config import StudyConfig
 from transferlab.study.evaluation import (
-    FeatureSource,
     best_setting,
     evaluate_probe_job,
     evaluate_retrieval_job,
@@ -44,15 +44,18 @@ class RunSummary:
 
 # --------------------------------------------------------- remote-safe work units
 def extract_pair(specs: list[tuple[str, str | None]], task: TaskData, layers: list, poolings: list[str],
-                 views: list[str], store_root: str | None, execution: dict) -> tuple[FeatureSource, int, dict | None]:
+                 views: list[str], store_root: str | None, execution: dict,
+                 members: list | None = None) -> tuple[FeatureHandle, int, dict | None]:
     """Forward every image of ``task`` once per source member and view; all layers/poolings.
-    Also measures the task's distance from the source by the source's own predictions."""
-    from transferlab.sources import load_source
+    Also measures the task's distance from the source by the source's own predictions.
+    ``members``: the networks of ``specs`` loaded already (the plan's); loaded here otherwise."""
+    from transferlab.sources.concat import load_members
 
+    if members is None:
+        members = [load_members(spec, weights, execution.get("resolution"))[0] for spec, weights in specs]
     store = FeatureStore(store_root) if store_root else FeatureStore()
-    members, forwarded, distance = [], 0, None
-    for spec, weights in specs:
-        source = load_source(spec, weights, resolution=execution.get("resolution"))
+    extracted, forwarded, distance = [], 0, None
+    for source in members:
         layer_specs = [layer for layer in layers if _layer_exists(source, layer)]
         given = given_poolings(source.resolve_layers(layer_specs), poolings)  # cls only where tokens have one
         feats = extract_task(source, task, layer_specs, given, views, store=store,
@@ -61,10 +64,11 @@ def extract_pair(specs: list[tuple[str, str | None]], task: TaskData, layers: li
                              jpeg_draft=execution.get("jpeg_draft", False),
                              compile_model=execution.get("compile", False))
         forwarded += sum(s.forwarded_images for s in feats.splits.values())
-        members.append(feats)
-        if distance is None and len(specs) == 1:
+        extracted.append(feats)
+        if distance is None and len(members) == 1:
             distance = source_prediction(source, feats)
-    return FeatureSource(members), forwarded, distance
+        source.model.cpu()  # the network stays loaded for the run's next task: not on the device
+    return features_of(extracted), forwarded, distance
 
 
 def source_prediction(source, feats) -> dict | None:
@@ -98,8 +102,8 @@ def _layer_exists(source, layer) -> bool:
         return False
 
 
-def evaluate_jobs(jobs: list[Job], task: TaskData, features: FeatureSource, config: StudyConfig,
-                  metric: str, whiten: FeatureSource | None = None) -> list[ResultRow | str]:
+def evaluate_jobs(jobs: list[Job], task: TaskData, features: FeatureHandle, config: StudyConfig,
+                  metric: str, whiten: FeatureHandle | None = None) -> list[ResultRow | str]:
     """Evaluate jobs sharing one (source, task); a failing job becomes an error string.
     ``whiten``: features of a held-out task whose database fits the retrieval PCA."""
     out: list[ResultRow | str] = []
@@ -144,7 +148,7 @@ def run_study(config: StudyConfig, run_dir: str | Path, *, executor: str = "loca
         from transferlab.study.learning import train_all
 
         train_all(config, config.execution.device, progress)
-        plan = make_plan(config)  # now the trained sources load and their layers are checked
+        plan = make_plan(config, loaded=plan.members)  # now the trained sources load and their layers are checked
     provenance = collect_provenance(config.config_hash(), config.execution.seed, config.execution.device)
     results = ResultStore(run_dir, provenance=provenance)
     summary = RunSummary(run_dir)
@@ -170,7 +174,7 @@ def run_study(config: StudyConfig, run_dir: str | Path, *, executor: str = "loca
         results.set_meta("current_identity", config.config_hash())
         pool = make_executor(executor, address)
         execution = {**config.execution.model_dump(), "progress": progress}
-        memo: dict[tuple, FeatureSource] = {}  # features shared by several pairs (whitening sets)
+        memo: dict[tuple, FeatureHandle] = {}  # features shared by several pairs (whitening sets)
         try:
             pool.extract_ahead(extract_pair, _extractions_needed(plan, done, cache, execution))
             for source_name, task_name in plan.pairs():
@@ -201,7 +205,7 @@ def _extractions_needed(plan: Plan, done: set[str], cache: str | None, execution
         for name, views in names:
             wanted.setdefault((source_name, name, tuple(views)), (
                 _source_specs(plan, source_name), plan.tasks[name], plan.layers, plan.poolings, views, cache,
-                execution))
+                execution, plan.members.get(source_name)))
     return list(wanted.values())
 
 
@@ -219,12 +223,12 @@ def _run_pair(plan: Plan, pool, results: ResultStore, summary: RunSummary, sourc
     metric = plan.specs[task_name].metric
     features = None
 
-    def ensure_features() -> FeatureSource:
+    def ensure_features() -> FeatureHandle:
         nonlocal features
         if features is None:
             features, forwarded, distance = pool.run_extraction(
                 extract_pair, _source_specs(plan, source_name), task, plan.layers, plan.poolings,
-                plan.views_for(task_name), cache, execution)
+                plan.views_for(task_name), cache, execution, plan.members.get(source_name))
             summary.forwarded_images += forwarded
             if distance is not None and source_name == next(iter(plan.sources)):
                 distances = results.get_meta("distances", {}) or {}
@@ -234,7 +238,7 @@ def _run_pair(plan: Plan, pool, results: ResultStore, summary: RunSummary, sourc
                 results.set_meta("distances", distances)
         return features
 
-    def whitening() -> FeatureSource | None:
+    def whitening() -> FeatureHandle | None:
         """The held-out whitening set's features: only when a job needs them, once per source."""
         if plan.specs[task_name].kind != "retrieval" or not config.retrieval.whiten_on:
             return None
@@ -245,7 +249,7 @@ def _run_pair(plan: Plan, pool, results: ResultStore, summary: RunSummary, sourc
 
     tuned_features = None
 
-    def ensure_tuned() -> FeatureSource:
+    def ensure_tuned() -> FeatureHandle:
         nonlocal tuned_features
         if tuned_features is None:
             tuned_features = _finetuned_features(plan, pool, results, source_name, task_name, execution, cache)
@@ -258,15 +262,13 @@ def _run_pair(plan: Plan, pool, results: ResultStore, summary: RunSummary, sourc
     if tuned:
         _evaluate(pool, results, summary, tuned, task, ensure_tuned(), config, metric, whitening(), progress)
     if optimal_wanted:
-        from transferlab.evaluate import higher_is_better
-
         wanted = {j.key for j in plan.jobs_for(source_name, task_name)}
         rows = [r for r in results.rows(task_name) if r["source"] == source_name and r["job_key"] in wanted]
         standard = settings_for(config, plan.specs[task_name].kind == "retrieval")[0][0]
         splits = sorted({j.split for j in plan.jobs_for(source_name, task_name)})
         for split in splits:
             split_rows = [r for r in rows if (r["extra"] or {}).get("split", 0) == split]
-            best = best_setting(split_rows, standard, higher_is_better(metric))
+            best = best_setting(split_rows, standard, metric)
             job = plan.make_job(source_name, task_name, best, optimal=True, split=split)
             evaluated = {j.setting for j in plan.jobs_for(source_name, task_name)}
             if best in evaluated:
@@ -324,16 +326,17 @@ def _whitening_features(plan: Plan, pool, source_name: str, cache, execution):
     if held_out is None:
         raise TransferlabError("retrieval.whiten_on names no task")  # callers check it first
     feats, _, _ = pool.run_extraction(extract_pair, _source_specs(plan, source_name), plan.tasks[held_out],
-                                      plan.layers, plan.poolings, ["orig"], cache, execution)
+                                      plan.layers, plan.poolings, ["orig"], cache, execution,
+                                      plan.members.get(source_name))
     return feats
 
 
 def _finetuned_features(plan: Plan, pool, results: ResultStore, source_name: str, task_name: str,
-                        execution: dict, cache) -> FeatureSource:
+                        execution: dict, cache) -> FeatureHandle:
     """Fine-tune the source on the task once (resumable, under RUN_DIR/finetuned/), then
     extract features of the fine-tuned network."""
     from transferlab.heads.finetune import finetune
-    from transferlab.sources import load_source
+    from transferlab.sources.concat import load_members
 
     entry = plan.sources[source_name]
     if concat_members(entry.spec):
@@ -341,7 +344,7 @@ def _finetuned_features(plan: Plan, pool, results: ResultStore, source_name: str
     out = results.run_dir / "finetuned" / f"{_slug(source_name)}__{task_name}"
     ft = plan.config.finetune
     if not (out / "source.json").exists():
-        source = load_source(entry.spec, entry.weights, resolution=execution.get("resolution"))
+        (source,) = plan.members.get(source_name) or load_members(entry.spec, entry.weights, execution.get("resolution"))
         finetune(source, [plan.tasks[task_name]], out, blocks=ft.blocks, epochs=ft.epochs, lr=ft.lr,
                  optimizer=ft.optimizer, batch_size=ft.batch_size, input_size=ft.input_size,
                  device=execution["device"], seed=execution["seed"], progress=execution.get("progress", True))

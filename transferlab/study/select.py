@@ -24,25 +24,18 @@ from typing import Any
 
 import numpy as np
 
+from transferlab.analysis.transferability import FEATURE_SCORES, feature_score
 from transferlab.data.base import TaskData
 from transferlab.errors import TransferlabError
-from transferlab.features.export import TaskFeatures
+from transferlab.evaluate import higher_is_better
+from transferlab.features.handle import FeatureHandle
 from transferlab.study.config import ProbeConfig
 
-SCORE_NAMES: dict[str, str] = {"logme": "LogME", "knn": "1-NN accuracy (leave-one-out)", "hscore": "H-score"}
+SCORE_NAMES: dict[str, str] = {name: score.title for name, score in FEATURE_SCORES.items()}
 
 
 def _score_function(name: str) -> Callable[[np.ndarray, np.ndarray], float]:
-    from transferlab.analysis.transferability import hscore, knn_accuracy, logme
-
-    functions: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
-        "logme": logme,
-        "knn": lambda x, y: knn_accuracy(x, y, k=1),
-        "hscore": hscore,
-    }
-    if name not in functions:
-        raise TransferlabError(f"unknown score {name!r}; choose from {', '.join(functions)}")
-    return functions[name]
+    return feature_score(name).function
 
 
 @dataclass
@@ -84,14 +77,16 @@ class Selection:
 
     @property
     def best(self) -> Candidate | None:
-        """The probed candidate with the best measured metric (the recommendation)."""
+        """The probed candidate with the best measured metric (the recommendation; the
+        metric's direction from the metric registry)."""
         scored = [(c.probe, c) for c in self.probed if c.probe is not None and math.isfinite(c.probe)]
-        return max(scored, key=lambda pc: pc[0])[1] if scored else None
+        pick = max if higher_is_better(self.metric) else min
+        return pick(scored, key=lambda pc: pc[0])[1] if scored else None
 
     def agreement(self) -> dict[str, Any] | None:
         """Score vs probe over the probed candidates (meaningful with ``full``)."""
         pairs = [(c.score, c.probe) for c in self.probed if c.probe is not None]
-        return agreement([sc for sc, _ in pairs], [pr for _, pr in pairs])
+        return agreement([sc for sc, _ in pairs], [pr for _, pr in pairs], higher_is_better(self.metric))
 
     def to_dict(self) -> dict[str, Any]:
         probed = self.probed
@@ -111,8 +106,12 @@ class Selection:
 # --------------------------------------------------------------------------- agreement
 
 
-def agreement(scores: Sequence[float], values: Sequence[float]) -> dict[str, Any] | None:
-    """How well ranking by ``scores`` reproduces ranking by ``values`` (higher = better for both).
+def agreement(scores: Sequence[float], values: Sequence[float],
+              values_higher_is_better: bool = True) -> dict[str, Any] | None:
+    """How well ranking by ``scores`` (higher = better) reproduces ranking by ``values`` (higher
+    = better unless ``values_higher_is_better`` is False: an error metric; its best is then the
+    lowest, and ``spearman`` is of the scores against the values negated, so +1 still means
+    "ranks like the probe").
 
     - ``spearman``, ``p_value``: rank correlation over the pairs with a finite score (NaN with
       fewer than 3 pairs or no variation, with ``status`` saying so).
@@ -128,8 +127,9 @@ def agreement(scores: Sequence[float], values: Sequence[float]) -> dict[str, Any
         return None
     from transferlab.analysis.correlation import spearman
 
+    sign = 1.0 if values_higher_is_better else -1.0
     s = np.array([p[0] for p in pairs])
-    v = np.array([p[1] for p in pairs])
+    v = sign * np.array([p[1] for p in pairs])  # oriented: larger is better from here on
     corr = spearman(s, v, unit="candidates", n_boot=1000)
     k = min(3, len(pairs))
     by_score = np.argsort(-s, kind="stable")[:k]
@@ -138,7 +138,7 @@ def agreement(scores: Sequence[float], values: Sequence[float]) -> dict[str, Any
         "candidates": len(pairs), "spearman": corr.rho, "p_value": corr.p_value, "low": corr.low,
         "high": corr.high, "status": corr.status, "note": corr.note,
         "top1_hit": bool(v[by_score[0]] == v.max()), "top3_overlap": int(np.sum(v[by_score] >= threshold)),
-        "top_k": k, "confirmed_best": float(v[by_score].max()), "regret": float(v.max() - v[by_score].max()),
+        "top_k": k, "confirmed_best": float(sign * v[by_score].max()), "regret": float(v.max() - v[by_score].max()),
     }  # fmt: skip
 
 
@@ -150,73 +150,83 @@ def extract_sources(
     weights: str | None = None, resolution: int | None = None, store=None, device: str = "auto", batch_size: int = 32,
     num_workers: int | None = None, on_bad_image: str = "error", progress: bool = False,
     jpeg_draft: bool = False, compile_model: bool = False,
-) -> tuple[dict[str, TaskFeatures], int, list[str]]:
-    """One forward pass per source over every split (all layers and poolings at once), cached
-    in the FeatureStore. Layers a source lacks are skipped for it, with a note."""
+) -> tuple[dict[str, FeatureHandle], int, list[str]]:
+    """One forward pass per source network over every split (all layers and poolings at once),
+    cached in the FeatureStore; a ``concat:[a, b]`` spec gives its members side by side. Layers
+    a source lacks are skipped for it, with a note."""
     from transferlab.features.export import extract_task
-    from transferlab.sources import load_source
+    from transferlab.features.handle import features_of
+    from transferlab.sources.concat import load_members
 
-    out: dict[str, TaskFeatures] = {}
-    forwarded, notes = 0, []
+    out: dict[str, FeatureHandle] = {}
+    forwarded, notes = 0, list[str]()
     for spec in sources:
-        source = load_source(spec, weights, resolution=resolution)
-        usable = []
-        for layer in layers:
-            try:
-                source.resolve_layers([layer])
-            except TransferlabError:
-                notes.append(f"source {spec} has no layer {layer}: skipped for it")
-                continue
-            usable.append(layer)
+        members = load_members(spec, weights, resolution)
+        usable = [layer for layer in layers if all(_has_layer(source, layer) for source in members)]
+        notes.extend(f"source {spec} has no layer {layer}: skipped for it" for layer in layers if layer not in usable)
         if not usable:
             raise TransferlabError(
                 f"source {spec} has none of the layers {', '.join(map(str, layers))} "
-                f"(it has {', '.join(str(layer.index) for layer in source.layers)})")
+                f"(it has {', '.join(str(layer.index) for layer in members[0].layers)})")
         from transferlab.features.pooling import pooling_applies
 
-        resolved = source.resolve_layers(usable)
-        given = [p for p in poolings if any(pooling_applies(layer, p) for layer in resolved)]
+        resolved = [source.resolve_layers(usable) for source in members]
+        given = [p for p in poolings if all(any(pooling_applies(layer, p) for layer in r) for r in resolved)]
         for p in poolings:
             if p not in given:
                 notes.append(f"source {spec}: none of its layers gives pooling {p}: skipped for it")
         if not given:
             raise TransferlabError(f"source {spec}: none of its layers {', '.join(map(str, usable))} gives any "
                                    f"of the poolings {', '.join(poolings)}")
-        features = extract_task(source, task, usable, given, ["orig"], store=store, device=device,
-                                batch_size=batch_size, num_workers=num_workers, on_bad_image=on_bad_image,
-                                progress=progress, jpeg_draft=jpeg_draft,
-                                compile_model=compile_model)
-        forwarded += sum(split.forwarded_images for split in features.splits.values())
-        out[spec] = features
+        extracted = []
+        for source in members:
+            features = extract_task(source, task, usable, given, ["orig"], store=store, device=device,
+                                    batch_size=batch_size, num_workers=num_workers, on_bad_image=on_bad_image,
+                                    progress=progress, jpeg_draft=jpeg_draft, compile_model=compile_model)
+            forwarded += sum(split.forwarded_images for split in features.splits.values())
+            extracted.append(features)
+        out[spec] = features_of(extracted)
     return out, forwarded, notes
 
 
-def candidates_of(features: dict[str, TaskFeatures], poolings: Sequence[str]) -> tuple[list[Candidate], list[str]]:
+def _has_layer(source, layer: int | str) -> bool:
+    try:
+        source.resolve_layers([layer])
+    except TransferlabError:
+        return False
+    return True
+
+
+def candidates_of(features: dict[str, FeatureHandle], poolings: Sequence[str]) -> tuple[list[Candidate], list[str]]:
     """Every (source, layer, pooling) that exists: spatial poolings only on spatial layers."""
-    out, notes = [], []
-    for source, feats in features.items():
-        pairs = feats.pairs()
-        for layer in feats.layers:
-            skipped = [p for p in feats.poolings if (layer, p) not in pairs]
+    out: list[Candidate] = []
+    notes: list[str] = []
+    for source, handle in features.items():
+        given = handle.representations()
+        by_layer: dict[str, list[str]] = {}
+        kinds: dict[str, str] = {}
+        for r in given:
+            by_layer.setdefault(r.layer_name, []).append(r.pooling)
+            kinds[r.layer_name] = r.kind
+        offered = {r.pooling for r in given}
+        for name, have in by_layer.items():
+            skipped = [p for p in poolings if p in offered and p not in have]
             if skipped:
-                notes.append(f"{source} layer {layer.name} ({layer.kind}) cannot give pooling "
-                             f"{', '.join(skipped)}: skipped")
-        for layer, pooling in pairs:
-            label: int | str = layer.index if layer.index < 0 else layer.name
-            out.append(Candidate(source, label, layer.name, pooling))
+                kind = f" ({kinds[name]})" if kinds[name] else ""
+                notes.append(f"{source} layer {name}{kind} cannot give pooling {', '.join(skipped)}: skipped")
+        out.extend(Candidate(source, r.layer, r.layer_name, r.pooling) for r in given if r.pooling in poolings)
     if not out:
         raise TransferlabError("no (source, layer, pooling) candidate to rank")
     return out, notes
 
 
-def train_arrays(task: TaskData, features: TaskFeatures, candidate: Candidate) -> tuple[np.ndarray, np.ndarray]:
+def train_arrays(task: TaskData, features: FeatureHandle, candidate: Candidate) -> tuple[np.ndarray, np.ndarray]:
     """L2-normalised train features of one candidate and the labels of the images kept."""
     from transferlab.features.postprocess import L2Normalize
-    from transferlab.study.evaluation import FeatureSource
 
-    source = FeatureSource([features])
-    x = source.split("train", candidate.layer_name, candidate.pooling).reshape(len(source.kept("train")), -1)
-    y = task.splits["train"].labels[source.kept("train")]
+    kept = features.kept("train")
+    x = features.split("train", candidate.layer, candidate.pooling).reshape(len(kept), -1)
+    y = task.splits["train"].labels[kept]
     return L2Normalize().transform(np.asarray(x, dtype=np.float64)), y
 
 
@@ -233,7 +243,7 @@ def score_features(x: np.ndarray, y: np.ndarray, score: str) -> tuple[float, lis
     return value, [str(w.message) for w in caught if issubclass(w.category, TransferabilityWarning)]
 
 
-def score_candidates(task: TaskData, features: dict[str, TaskFeatures], candidates: list[Candidate],
+def score_candidates(task: TaskData, features: dict[str, FeatureHandle], candidates: list[Candidate],
                      score: str) -> list[str]:
     """Fill ``score`` of every candidate (NaN with a note when the features have no variance)."""
     notes: list[str] = []
@@ -255,17 +265,17 @@ def rank(candidates: list[Candidate]) -> list[Candidate]:
     return sorted(candidates, key=lambda c: (not math.isfinite(c.score), -c.score if math.isfinite(c.score) else 0))
 
 
-def probe_candidates(task: TaskData, metric: str, features: dict[str, TaskFeatures], candidates: list[Candidate],
+def probe_candidates(task: TaskData, metric: str, features: dict[str, FeatureHandle], candidates: list[Candidate],
                      probe: ProbeConfig | None = None, seed: int = 0) -> None:
     """A real probe per candidate (the study's protocol); fills ``probe``, ``probe_seconds``, ``C``."""
-    from transferlab.study.evaluation import FeatureSource, evaluate_probe_job
+    from transferlab.study.evaluation import evaluate_probe_job
     from transferlab.study.plan import Job, Setting
 
     probe = probe or ProbeConfig()
     for c in candidates:
         start = time.perf_counter()
-        job = Job(c.source, task.name, Setting(layer=c.layer_name, pooling=c.pooling), "probe")
-        row = evaluate_probe_job(job, task, FeatureSource([features[c.source]]), probe, metric, seed,
+        job = Job(c.source, task.name, Setting(layer=c.layer, pooling=c.pooling), "probe")
+        row = evaluate_probe_job(job, task, features[c.source], probe, metric, seed,
                                  transferability=False)  # already scored: candidates carry it
         c.probe, c.C = float(row.value), float(row.extra["C"])
         c.probe_seconds = time.perf_counter() - start
@@ -277,11 +287,14 @@ def probe_candidates(task: TaskData, metric: str, features: dict[str, TaskFeatur
 def select(
     task: TaskData, metric: str, sources: Sequence[str], layers: Sequence[int | str] = (-1, -2, -3, -4),
     poolings: Sequence[str] = ("avg", "max", "grid2"), *, score: str = "logme", confirm: int = 3,
-    full: bool = False, probe: ProbeConfig | None = None, seed: int = 0, **extraction: Any,
+    full: bool = False, probe: ProbeConfig | None = None, seed: int = 0,
+    handles: dict[str, FeatureHandle] | None = None, **extraction: Any,
 ) -> Selection:
     """Extract, score every candidate, rank, probe the top ``confirm`` (or all with ``full``).
 
     ``extraction``: keyword arguments of ``extract_sources`` (weights, store, device, ...).
+    ``handles``: features already at hand (an exported folder's), by name, ranked beside the
+    ``sources`` (which may then be empty).
     """
     if task.kind == "retrieval":
         raise TransferlabError(
@@ -289,7 +302,7 @@ def select(
             f"on labelled images; compare retrieval settings with `transferlab retrieve`")
     if "train" not in task.splits:
         raise TransferlabError(f"task {task.name} has no train split to score")
-    if not sources:
+    if not sources and not handles:
         raise TransferlabError("give at least one source")
     if "windows" in poolings:
         raise TransferlabError("pooling 'windows' is the retrieval spatial search (one vector per sub-window), "
@@ -299,7 +312,9 @@ def select(
     _score_function(score)  # unknown names fail before any forward pass
     seconds: dict[str, float] = {}
     start = time.perf_counter()
-    features, forwarded, notes = extract_sources(task, sources, layers, poolings, **extraction)
+    features, forwarded, notes = extract_sources(task, sources, layers, poolings, **extraction) if sources \
+        else ({}, 0, [])
+    features.update(handles or {})
     seconds["extract"] = time.perf_counter() - start
     candidates, more = candidates_of(features, poolings)
     notes.extend(more)

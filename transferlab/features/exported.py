@@ -1,57 +1,19 @@
-"""Probing arrays exported by `transferlab extract --out` (no network needed)."""
+"""A folder written by `transferlab extract --out`, read back as a task and a features handle
+(``features.handle.ExportedFeatures``): what ``probe --features`` and ``select --features``
+evaluate, with no network loaded. Every problem is one line naming the file."""
 
 from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from transferlab.data.base import Split, TaskData
 from transferlab.errors import AnnotationError, TransferlabError
-
-
-@dataclass
-class _Handle:
-    folder: Path
-    kept_count: int
-
-    def get(self, layer, pooling: str, view: str = "orig") -> np.ndarray:
-        name = layer if isinstance(layer, str) else layer.name
-        suffix = "" if view == "orig" else f"__{view}"
-        path = self.folder / f"{name}__{pooling}{suffix}.npy"
-        if not path.exists():
-            raise TransferlabError(f"{path} not found: export it with transferlab extract --out")
-        try:
-            array = np.load(path, mmap_mode="r", allow_pickle=False)
-        except (ValueError, OSError, EOFError) as exc:
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise TransferlabError(f"{path}: truncated or damaged array ({reason}); export it again with "
-                                   "transferlab extract --out") from None
-        if array.ndim < 2 or array.shape[0] != self.kept_count:
-            raise TransferlabError(
-                f"{path}: {array.shape[0] if array.ndim else 0} rows but {self.folder / 'items.csv'} lists "
-                f"{self.kept_count} images; the folder mixes exports, extract it again")
-        return array
-
-    @property
-    def kept(self) -> np.ndarray:
-        return np.arange(self.kept_count)
-
-
-@dataclass
-class _Layer:
-    name: str
-    index: int
-
-
-@dataclass
-class _Exported:
-    layers: list[_Layer]
-    splits: dict[str, _Handle]
-
+from transferlab.features.handle import ExportedFeatures
 
 _MANIFEST_FIELDS = {"splits": dict, "layers": list}
 
@@ -75,9 +37,9 @@ def _read_manifest(path: Path) -> dict:
     return manifest
 
 
-def exported_task_and_features(folder: str | Path, setting):
-    from transferlab.study.evaluation import FeatureSource
-
+def exported_task_and_features(folder: str | Path) -> tuple[TaskData, ExportedFeatures, str]:
+    """The task (labels from each split's items.csv, kind and classes from the manifest), the
+    handle on its arrays, and the task's metric."""
     folder = Path(folder)
     manifest_path = folder / "manifest.json"
     if not manifest_path.exists():
@@ -87,7 +49,7 @@ def exported_task_and_features(folder: str | Path, setting):
         raise TransferlabError(f"{folder}: probing needs exported train and test splits (this export has "
                                f"{', '.join(manifest['splits']) or 'none'})")
     splits: dict[str, Split] = {}
-    handles: dict[str, _Handle] = {}
+    counts: dict[str, int] = {}
     label_names: list[list[str]] = []
     for name in manifest["splits"]:
         items = folder / name / "items.csv"
@@ -114,30 +76,33 @@ def exported_task_and_features(folder: str | Path, setting):
                                    "train and test")
         splits[name] = Split(name, [r[0] for r in body], np.zeros(len(body), dtype=np.int64))
         label_names.append([r[1] for r in body])
-        handles[name] = _Handle(folder / name, len(body))
+        counts[name] = len(body)
     # the manifest says what the task is; exports from before it did are guessed from labels
-    kind = manifest.get("kind") or ("multilabel" if any(";" in x for names in label_names for x in names) else "single")
+    kind: Any = manifest.get("kind") or ("multilabel" if any(";" in x for names in label_names for x in names) else "single")
     multilabel = kind != "single"
     classes = manifest.get("classes") or sorted({c for names in label_names for x in names for c in x.split(";") if c})
     index = {c: i for i, c in enumerate(classes)}
     for (name, split), names in zip(splits.items(), label_names, strict=True):
         items = folder / name / "items.csv"
         labels = -np.ones((len(names), len(classes)), dtype=np.int8) if multilabel else np.zeros(len(names), np.int64)
-        for row, label in enumerate(names):
+        for position, label in enumerate(names):
             for c in (label.split(";") if multilabel else [label]):
                 if c == "" and multilabel:
                     continue  # an image with no positive label
                 if c not in index:
-                    raise AnnotationError(items, f"label {c!r} is not one of the manifest's classes", line=row + 2)
+                    raise AnnotationError(items, f"label {c!r} is not one of the manifest's classes",
+                                          line=position + 2)
                 if multilabel:
-                    labels[row, index[c]] = 1
+                    labels[position, index[c]] = 1
                 else:
-                    labels[row] = index[c]
+                    labels[position] = index[c]
         splits[name] = Split(name, split.paths, labels)
     if "train" not in splits or "test" not in splits:
         raise TransferlabError(f"{folder}: probing needs exported train and test splits")
     task = TaskData(name=manifest.get("task", folder.name), kind=kind, classes=list(classes), splits=splits,
                     root=str(folder))
-    layers = [_Layer(entry["name"], entry["index"]) for entry in manifest["layers"]]
+    layers = [(entry["index"], entry["name"]) for entry in manifest["layers"]]
+    kinds = {entry["name"]: str(entry.get("kind") or "") for entry in manifest["layers"]}
+    dims: dict[str, Any] = manifest["dims"] if isinstance(manifest.get("dims"), dict) else {}
     metric = manifest.get("metric") or ("map" if multilabel else "accuracy")
-    return task, FeatureSource([_Exported(layers, handles)]), metric
+    return task, ExportedFeatures(folder, layers, counts, list(dims), kinds), metric
