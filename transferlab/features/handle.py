@@ -25,6 +25,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from transferlab.errors import TransferlabError
+from transferlab.features.postprocess import l2_normalize
 
 
 @dataclass(frozen=True)
@@ -176,7 +177,7 @@ class ConcatFeatures:
     def split(self, name: str, layer: int | str, pooling: str, view: str = "orig") -> np.ndarray:
         arrays = [part.split(name, spec, pooling, view) for part, spec in zip(self.parts, self._specs(layer), strict=True)]
         if self.normalise:
-            arrays = [unit_last_axis(a) for a in arrays]
+            arrays = [l2_normalize(a) for a in arrays]
         if len({a.shape[:-1] for a in arrays}) != 1:
             raise TransferlabError(f"concat members give {pooling} of layer {self.layer_name(layer)} in different "
                                    f"shapes ({', '.join(str(a.shape) for a in arrays)})")
@@ -208,10 +209,3 @@ def features_of(members: Sequence[Any]) -> FeatureHandle:
     if len(members) == 1:
         return StoreFeatures(members[0])
     return ConcatFeatures([StoreFeatures(m) for m in members])
-
-
-def unit_last_axis(array: np.ndarray) -> np.ndarray:
-    """Each vector along the last axis scaled to unit L2 norm (zero vectors stay zero)."""
-    from transferlab.features.postprocess import L2Normalize
-
-    return L2Normalize().transform(array.reshape(-1, array.shape[-1])).reshape(array.shape)

@@ -111,26 +111,27 @@ def mean_average_precision(
     return _mean_over_columns(aps, "AP")
 
 
-def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """Fraction of predictions equal to the true class."""
+def _class_pair(y_true: np.ndarray, y_pred: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """True and predicted class vectors of one non-empty length."""
     t = _class_vector(y_true, "y_true")
     p = _class_vector(y_pred, "y_pred")
     if len(t) != len(p):
         raise MetricInputError(f"y_true has {len(t)} entries but y_pred has {len(p)}")
     if len(t) == 0:
-        raise MetricInputError("accuracy of an empty set is undefined")
+        raise MetricInputError(f"{what} of an empty set is undefined")
+    return t, p
+
+
+def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Fraction of predictions equal to the true class."""
+    t, p = _class_pair(y_true, y_pred, "accuracy")
     return float(np.mean(t == p))
 
 
 def per_class_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(classes, accuracy of each): for every class present in ``y_true``, the fraction of
     its images predicted as that class (its recall)."""
-    t = _class_vector(y_true, "y_true")
-    p = _class_vector(y_pred, "y_pred")
-    if len(t) != len(p):
-        raise MetricInputError(f"y_true has {len(t)} entries but y_pred has {len(p)}")
-    if len(t) == 0:
-        raise MetricInputError("mean class accuracy of an empty set is undefined")
+    t, p = _class_pair(y_true, y_pred, "mean class accuracy")
     classes, inverse, counts = np.unique(t, return_inverse=True, return_counts=True)
     correct = np.bincount(inverse, weights=(t == p).astype(np.float64), minlength=len(classes))
     return classes, correct / counts
