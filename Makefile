@@ -29,7 +29,7 @@ demo: setup
 test: setup typecheck
 	$(BIN)/python -m pytest -q
 
-typecheck: setup  # mypy on the core packages ([tool.mypy] files in pyproject.toml), ~25 s cold
+typecheck: setup  # mypy on the whole package ([tool.mypy] in pyproject.toml), ~25 s cold
 	$(BIN)/python -m mypy
 
 lint: setup

@@ -77,7 +77,7 @@ def load_tasks(names: list[str], roots: list[str], quick: bool) -> list:
 
     all_tasks()  # registers every task
     if len(roots) == len(names):
-        pairs = list(zip(names, roots, strict=True))
+        pairs: list[tuple[str, str | None]] = list(zip(names, roots, strict=True))
     elif len(roots) == 1:
         pairs = [(n, None if n not in TASKS or TASKS[n].builtin else roots[0]) for n in names]
         if all(root is None for _, root in pairs):

@@ -107,7 +107,7 @@ def plan_blocks(source: Source, blocks: int | None) -> BlockPlan:
     owner = module_blocks(source)
     first = 0 if blocks is None else len(layers) - blocks
     trainable_modules = {name for name, block in owner.items() if block >= first}
-    trainable = []
+    trainable: list[str] = []
     if first == 0:  # the model's own parameters (cls_token, pos_embed) feed the bottom block
         trainable.extend(name for name, _ in source.model.named_parameters(recurse=False))
     for module_name, module in source.model.named_modules():

@@ -10,7 +10,9 @@ sample, the first K columns the {1,-1,0} vector of a multi-label one (the rest i
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sized
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -188,7 +190,7 @@ def check_batch(dataset: TaskImages, indices: torch.Tensor, reasons) -> None:
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, workers: int, seed: int = 0,
                 pin: bool = False, drop_single: bool = False) -> DataLoader:
     """``drop_single``: drop a last batch of one image (BatchNorm cannot train on it)."""
-    n = len(dataset)
+    n = len(cast(Sized, dataset))  # every dataset here is map-style
     return DataLoader(
         dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers, pin_memory=pin,
         drop_last=drop_single and n > batch_size and n % batch_size == 1,

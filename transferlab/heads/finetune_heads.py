@@ -29,6 +29,9 @@ class TaskHeads(nn.Module):
     """One linear head per task on the standardised pooled representation (see the module
     docstring); ``folded()`` gives plain linear heads on the raw pooled vector."""
 
+    mean: torch.Tensor  # buffers, typed for the checker
+    inv_std: torch.Tensor
+
     def __init__(self, dim: int, sizes: Sequence[int]):
         super().__init__()
         self.register_buffer("mean", torch.zeros(dim))
@@ -52,6 +55,7 @@ class TaskHeads(nn.Module):
         """``<t>.weight``/``<t>.bias`` with ``W x + b`` = this head on the raw pooled vector x."""
         out = {}
         for t, head in enumerate(self.heads):
+            assert isinstance(head, nn.Linear)
             weight = head.weight * self.inv_std
             out[f"{t}.weight"] = weight.clone()
             out[f"{t}.bias"] = head.bias - weight @ self.mean

@@ -26,6 +26,8 @@ from transferlab.data.base import Split, TaskData
 from transferlab.errors import BadImageError, TransferlabError
 from transferlab.sources.preprocessing import Preprocessing
 
+RGB = tuple[float, float, float]
+
 MEMORY_CACHE_BYTES = 2 << 30  # decoded images above this go to a memory-mapped file
 
 @dataclass
@@ -74,10 +76,10 @@ def union_tasks(tasks: Sequence[TaskData], classes: int | None = None,
         boxes += train.boxes if train.boxes is not None else [None] * len(train)
         relative += [_relative(p, task.root) for p in train.paths]
         if "val" in task.splits and len(task.splits["val"]):
-            val = task.splits["val"]
-            val_boxes = val.boxes if val.boxes is not None else [None] * len(val)
-            val_parts.append((val.paths, np.asarray(val.labels, dtype=np.int64) + offset, val_boxes))
-            whole_val.append(val)
+            task_val = task.splits["val"]
+            val_boxes = task_val.boxes if task_val.boxes is not None else [None] * len(task_val)
+            val_parts.append((task_val.paths, np.asarray(task_val.labels, dtype=np.int64) + offset, val_boxes))
+            whole_val.append(task_val)
         else:
             whole_val.append(None)
     y = np.concatenate(labels)
@@ -119,7 +121,7 @@ def union_tasks(tasks: Sequence[TaskData], classes: int | None = None,
     missing = [class_names[k] for k in chosen if not np.any(train.labels == remap[k])]
     if missing:
         raise TransferlabError(f"classes without training images: {', '.join(missing[:5])}")
-    val = None
+    val: Split | None = None
     if val_parts:
         v_paths = [p for part in val_parts for p in part[0]]
         v_labels = remap[np.concatenate([part[1] for part in val_parts])]
@@ -138,12 +140,12 @@ def union_tasks(tasks: Sequence[TaskData], classes: int | None = None,
     val_split_parts = []
     if val is not None:
         start = 0
-        for whole in whole_val:
-            if whole is None:
+        for whole_v in whole_val:
+            if whole_v is None:
                 continue
-            local = np.flatnonzero(v_labels[start:start + len(whole)] >= 0)  # classes kept
-            val_split_parts.append((whole, local))
-            start += len(whole)
+            local = np.flatnonzero(v_labels[start:start + len(whole_v)] >= 0)  # classes kept
+            val_split_parts.append((whole_v, local))
+            start += len(whole_v)
     return SourceData(names, [class_names[k] for k in chosen], train, val, digest.hexdigest()[:16],
                       train_parts, val_split_parts)
 
@@ -196,7 +198,7 @@ def decode_images(split: Split, preprocessing: Preprocessing, cache_file: Path |
     shape = (len(split), 3, size, size)
     if cache_file is not None and math.prod(shape) > MEMORY_CACHE_BYTES:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        array = np.lib.format.open_memmap(cache_file, mode="w+", dtype=np.uint8, shape=shape)
+        array: np.ndarray = np.lib.format.open_memmap(cache_file, mode="w+", dtype=np.uint8, shape=shape)
     else:
         array = np.empty(shape, dtype=np.uint8)
     if workers is None:
@@ -271,7 +273,7 @@ def gather_decoded(parts: Sequence[tuple[Split, np.ndarray]], preprocessing: Pre
     return np.ascontiguousarray(np.concatenate(chunks)) if len(chunks) > 1 else chunks[0]
 
 
-def channel_stats(images: np.ndarray, limit: int = 10000) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def channel_stats(images: np.ndarray, limit: int = 10000) -> tuple[RGB, RGB]:
     """Per-channel mean and std (in [0, 1] units) of at most ``limit`` evenly spaced images,
     accumulated in float64 a chunk at a time (never a float copy of the whole sample)."""
     step = max(1, math.ceil(len(images) / limit))
@@ -286,5 +288,9 @@ def channel_stats(images: np.ndarray, limit: int = 10000) -> tuple[tuple[float, 
     mean = total / count
     std = np.sqrt(np.maximum(squares - count * mean**2, 0.0) / max(1, count - 1))  # unbiased, as torch.std
     std = np.maximum(std, 1e-3)
-    return tuple(round(float(v), 6) for v in mean), tuple(round(float(v), 6) for v in std)
+    if len(mean) != 3:
+        raise TransferlabError(f"channel statistics need 3-channel images, got {len(mean)} channels")
+    m0, m1, m2 = (round(float(v), 6) for v in mean)
+    s0, s1, s2 = (round(float(v), 6) for v in std)
+    return (m0, m1, m2), (s0, s1, s2)
 
