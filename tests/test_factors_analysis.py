@@ -184,6 +184,9 @@ def test_transferability_rank_correlation():
     (summary,) = analysis.score_summaries
     assert summary.score == "logme" and summary.tasks == 2
     assert summary.mean_rho == pytest.approx(0.0)
+    # tasks resampled: rho +1 and -1 give means -1, 0 or +1, so the 95% interval spans both ends
+    assert (summary.mean_low, summary.mean_high) == (pytest.approx(-1.0), pytest.approx(1.0))
+    assert "mean rho = +0.00 [-1.00, +1.00] over 2 tasks" in summary.reading
     assert (summary.top1_hits, summary.top1_tasks) == (1, 2)
     assert "1 of 2 tasks" in summary.reading
 
@@ -209,6 +212,8 @@ def test_section_renders_tables_and_figures():
     assert "rho = +0.80 (p = 0.2" in fragment  # the reading under the first figure
     assert "agrees, not significant" in fragment
     assert "1-NN" not in fragment  # no knn1 score stored: no empty panel
+    # each task's rho in the score table carries its bootstrap interval over the rows
+    assert re.search(r'<td class="num">\+1\.00 <small>\[[+−-]\d\.\d\d, [+−-]\d\.\d\d\]</small></td>', fragment)
     assert factors_versus_distance([], make_meta()) is None
 
 

@@ -188,7 +188,8 @@ def _transferability(analysis: Analysis) -> str:
             if e is None:
                 cells.append('<td class="missing">—</td><td class="missing">—</td>')
                 continue
-            rho = _num(e["rho"]) if e["status"] == "ok" else f'n/a <small>({esc(e["note"])})</small>'
+            rho = (f'{_num(e["rho"])} <small>[{_num(e["low"])}, {_num(e["high"])}]</small>' if e["status"] == "ok"
+                   else f'n/a <small>({esc(e["note"])})</small>')
             hit = {True: "yes", False: "no", None: "—"}[e["top1_hit"]]
             cells.append(f'<td class="num">{rho}</td><td>{hit}</td>')
         body.append(f'<tr><th class="rowhead">{esc(task)}</th><td>{esc(first["metric"])}</td>'
@@ -198,7 +199,9 @@ def _transferability(analysis: Analysis) -> str:
         '<p class="caption">The scores stored with each probe row, computed on its L2-normalised training '
         "features before the probe is fitted, against the probe's test metric. Compared within each task over "
         "the rows that differ from Deep Standard only in source, layer and pooling (the candidates "
-        "<code>transferlab select</code> ranks); top-1 = the best-scored row is (one of) the best measured. "
+        "<code>transferlab select</code> ranks); ρ with its 95% bootstrap interval over those rows; top-1 = the "
+        "best-scored row is (one of) the best measured; the mean ρ in the readings carries a bootstrap interval "
+        "over the tasks. "
         "Multi-label, retrieval and flip-augmented rows carry no score.</p>"
         f'{figure}<div class="table-wrap"><table><thead><tr><th>task</th><th>metric</th><th>rows</th>{head}</tr>'
         f"</thead><tbody>{''.join(body)}</tbody></table></div>"

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from transferlab.analysis.correlation import Correlation, spearman
+from transferlab.analysis.intervals import percentile_interval, resample_counts, resample_seed
 from transferlab.analysis.transferability import stored_scores
 from transferlab.errors import TransferlabError
 from transferlab.evaluate import higher_is_better
@@ -140,6 +141,8 @@ class ScoreSummary:
     score: str
     tasks: int  # tasks with a rank correlation
     mean_rho: float
+    mean_low: float  # 95% bootstrap interval of mean_rho over the tasks (one task: its own interval)
+    mean_high: float
     top1_hits: int  # tasks where the best-scored row is (one of) the best measured
     top1_tasks: int
     reading: str
@@ -394,7 +397,9 @@ def transferability(
     table: list[dict[str, Any]] = []
     summaries_out: list[ScoreSummary] = []
     for score, label in SCORES.items():
-        rhos, hits, top1_tasks = [], 0, 0
+        rhos: list[float] = []
+        rho_bounds: list[tuple[float, float]] = []
+        hits, top1_tasks = 0, 0
         for s in summaries:
             post = _standard_post(s, meta)
             having = [r for r in s.rows if _finite((r.get("extra") or {}).get(score)) and math.isfinite(r["value"])]
@@ -420,6 +425,7 @@ def transferability(
                 hits += int(top1)
             if corr.ok:
                 rhos.append(corr.rho)
+                rho_bounds.append((corr.low, corr.high))
             table.append({
                 "score": score, "task": s.task.name, "metric": s.metric, "rows": len(rows),
                 "rho": corr.rho, "p_value": corr.p_value, "low": corr.low, "high": corr.high,
@@ -431,15 +437,32 @@ def transferability(
         if not top1_tasks:
             continue
         mean_rho = float(np.mean(rhos)) if rhos else math.nan
+        mean_low, mean_high = _mean_interval(score, rhos, rho_bounds, seed)
         if rhos:
             quality = "ranks the representations like the probe" if mean_rho >= 0.5 else (
                 "follows the probe only loosely" if mean_rho > 0 else "does not predict the probe's ranking")
-            reading = (f"{label} {quality}: mean rho = {mean_rho:+.2f} over {len(rhos)} tasks; its top-scored "
-                       f"representation is the probe's best in {hits} of {top1_tasks} tasks.")
+            reading = (f"{label} {quality}: mean rho = {mean_rho:+.2f} [{mean_low:+.2f}, {mean_high:+.2f}] over "
+                       f"{len(rhos)} tasks; its top-scored representation is the probe's best in {hits} of "
+                       f"{top1_tasks} tasks.")
         else:
             reading = f"{label}: no task has 3 or more comparable rows with varying values; no rank correlation."
-        summaries_out.append(ScoreSummary(score, len(rhos), mean_rho, hits, top1_tasks, reading))
+        summaries_out.append(ScoreSummary(score, len(rhos), mean_rho, mean_low, mean_high, hits, top1_tasks,
+                                          reading))
     return table, summaries_out
+
+
+def _mean_interval(score: str, rhos: list[float], bounds: list[tuple[float, float]],
+                   seed: int) -> tuple[float, float]:
+    """95% interval of the mean rho: the tasks resampled (a seeded bootstrap over tasks); with one
+    task, that task's own bootstrap interval over its rows. It says how far the mean would move
+    with other tasks, not how noisy each task's rho is."""
+    if not rhos:
+        return math.nan, math.nan
+    if len(rhos) == 1:
+        return bounds[0]
+    counts = resample_counts(len(rhos), resample_seed(f"mean-rho:{score}", len(rhos), seed))
+    reps = counts @ np.asarray(rhos, dtype=np.float64) / len(rhos)
+    return percentile_interval(reps)
 
 
 # --------------------------------------------------------------------------- entry point
