@@ -102,3 +102,43 @@ def test_paired_difference_is_narrower_than_either_interval():
     assert d.value > 0 and d.low >= 0 and (d.high - d.low) < (rows[0].high - rows[0].low) / 2
     same = I.difference(rows[0].value, rows[0].value, rows[0].replicates, rows[0].replicates)
     assert same.low == same.high == 0 and not same.measurable
+
+
+@pytest.fixture
+def user_metrics(monkeypatch):
+    """Two metrics a user registers: accuracy under another name (no vectorised form here) and
+    a retrieval mean over queries."""
+    from transferlab import evaluate as E
+
+    def my_accuracy(y, s, k):
+        value = float(np.mean(np.argmax(s, axis=1) == y))
+        return {"my_accuracy": value}, {"my_accuracy": []}
+
+    for spec in (E.MetricSpec("my_accuracy", "classification", "accuracy, again", my_accuracy),
+                 E.MetricSpec("my_map", "retrieval", "mean AP over queries", lambda *a: {})):
+        monkeypatch.setitem(E.METRICS, spec.name, spec)
+        monkeypatch.setitem(E.PROTOCOLS, spec.name, spec.protocol)
+
+
+def test_a_registered_metric_gets_the_same_interval_as_its_built_in_twin(user_metrics):
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 4, 120)
+    scores = rng.normal(size=(120, 4)) + 1.5 * np.eye(4)[y]
+    counts = I.resample_counts(120, 7, 200)
+    ours = I.replicates("my_accuracy", I.item_data("my_accuracy", y, scores), counts)
+    built_in = I.replicates("accuracy", I.item_data("accuracy", y, scores), counts)
+    np.testing.assert_allclose(ours, built_in, atol=1e-12)  # the metric's own function on each resample
+    row = I.row_interval("my_accuracy", I.item_data("my_accuracy", y, scores), "t", n_resamples=200)
+    assert row.value == pytest.approx(float(np.mean(np.argmax(scores, 1) == y)))
+    assert row.low < row.value < row.high
+
+    per_query = rng.uniform(size=30)
+    retrieval = I.row_interval("my_map", I.item_data("my_map", None, per_query=per_query), "t")
+    assert retrieval.value == pytest.approx(per_query.mean()) and retrieval.low < retrieval.value < retrieval.high
+
+
+def test_an_unregistered_metric_is_a_one_line_error():
+    from transferlab.errors import TransferlabError
+
+    with pytest.raises(TransferlabError, match="no bootstrap for metric 'nope': it is not a registered metric"):
+        I.item_data("nope", np.zeros(3, int), np.zeros((3, 2)))

@@ -11,6 +11,11 @@ The resamples of a task are seeded by (task, number of items, study seed) only, 
 a task is scored on the *same* resamples: the difference of two rows' replicates is a paired
 bootstrap of their difference (both are scored on the same test images). Intervals are the
 2.5 / 97.5 percentiles (95%).
+
+A metric registered by a user (``evaluate.register_metric``) has no vectorised form here: a
+classification row keeps its labels and decision values and each resample calls the metric's
+own ``compute`` on the drawn images (one call per resample, slower but exact); a retrieval row's
+reported number is the mean over its queries, so its per-query values are resampled as above.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from transferlab.errors import TransferlabError
 from transferlab.metrics import VOC07_RECALL_THRESHOLDS
 
 N_RESAMPLES = 1000
@@ -58,6 +64,8 @@ def _draw_counts(n_items: int, seed: int, n_resamples: int) -> np.ndarray:
 def item_data(metric: str, labels: np.ndarray | None, scores: np.ndarray | None = None,
               per_query: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """The per-item numbers the metric is recomputed from (what a row stores)."""
+    if per_query is not None and metric not in SINGLE_LABEL + SCORED:  # retrieval: a mean over queries
+        return {"per_query": np.asarray(per_query, dtype=np.float64)}
     if metric in PER_QUERY:
         return {"per_query": np.asarray(per_query, dtype=np.float64)}
     if metric in SINGLE_LABEL:
@@ -73,7 +81,34 @@ def item_data(metric: str, labels: np.ndarray | None, scores: np.ndarray | None 
             binary[np.arange(len(y)), y] = 1
             return {"labels": binary, "scores": s}
         return {"labels": y.astype(np.int8), "scores": s}
-    raise ValueError(f"no bootstrap for metric {metric!r}")
+    if _is_registered_classification(metric):
+        if scores is None:
+            raise ValueError(f"metric {metric}: item_data needs the scores")
+        return {"labels": np.asarray(labels), "scores": np.asarray(scores, dtype=np.float32)}
+    raise TransferlabError(f"no bootstrap for metric {metric!r}: it is not a registered metric")
+
+
+def _is_registered_classification(metric: str) -> bool:
+    from transferlab.evaluate import METRICS
+
+    return metric in METRICS and METRICS[metric].kind == "classification"
+
+
+def _recomputed_replicates(metric: str, items: dict[str, np.ndarray], w: np.ndarray) -> np.ndarray:
+    """A registered metric without a vectorised form: its own function on every resample's
+    drawn items (nan where it is undefined on a resample)."""
+    from transferlab.evaluate import evaluate_classification
+
+    labels, scores = items["labels"], items["scores"]
+    drawn = np.arange(len(labels))
+    out = np.full(len(w), np.nan)
+    for r, counts in enumerate(w):
+        picked = np.repeat(drawn, counts.astype(np.int64))
+        try:
+            out[r] = float(evaluate_classification(metric, labels[picked], scores[picked])[metric])
+        except TransferlabError:
+            continue
+    return out
 
 
 def n_items(items: dict[str, np.ndarray]) -> int:
@@ -83,7 +118,7 @@ def n_items(items: dict[str, np.ndarray]) -> int:
 def replicates(metric: str, items: dict[str, np.ndarray], counts: np.ndarray) -> np.ndarray:
     """The metric on every resample: (n_resamples,) float64 (nan where undefined)."""
     w = np.asarray(counts, dtype=np.float64)
-    if metric in PER_QUERY:
+    if "per_query" in items:
         values = items["per_query"]
         ok = np.isfinite(values)
         den = w[:, ok].sum(1)
@@ -96,6 +131,8 @@ def replicates(metric: str, items: dict[str, np.ndarray], counts: np.ndarray) ->
         onehot = (y[:, None] == classes[None, :]).astype(np.float64)
         per_class = _divide(w @ (onehot * items["correct"][:, None]), w @ onehot)
         return _nanmean(per_class)
+    if metric not in SCORED:
+        return _recomputed_replicates(metric, items, w)
     per_class = np.stack([_column_replicates(metric, items["scores"][:, k], items["labels"][:, k], w)
                           for k in range(items["labels"].shape[1])], axis=1)
     return _nanmean(per_class)
