@@ -98,11 +98,16 @@ def test_extract_a_concat_source_exports_the_members_side_by_side_and_probe_read
                 x = np.load(tmp_path / "a" / split / f"{layer_a['name']}__{pool}.npy")
                 y = np.load(tmp_path / "b" / split / f"{layer_b['name']}__{pool}.npy")
                 both = np.load(tmp_path / "ab" / split / f"{layer_a['name']}+{layer_b['name']}__{pool}.npy")
-                np.testing.assert_array_equal(both, np.concatenate([x, y], axis=1))
+                unit = [v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-30) for v in (x, y)]
+                np.testing.assert_allclose(both, np.concatenate(unit, axis=1), rtol=1e-5, atol=1e-6)
     assert (tmp_path / "ab" / "train" / "items.csv").read_text() == (tmp_path / "a" / "train" / "items.csv").read_text()
     assert main(["probe", "--features", str(tmp_path / "ab"), "--layer", "-1", "--pool", "avg", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert 0.0 <= result["value"] <= 1.0
+    # the folder and the spec are one representation: the same probe gives the same number
+    assert main(["probe", "--source", f"concat:[{a}, {b}]", "--task", "digits", "--quick", "--weights", "none",
+                 "--cache", str(tmp_path / "cache"), "--layer", "-1", "--pool", "avg", "--json", "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out)["value"] == pytest.approx(result["value"], abs=1e-9)
     assert main(["extract", "--source", f"concat:[{a}]", *common]) != 0
     assert "a concatenation needs at least two sources" in capsys.readouterr().err
 

@@ -133,8 +133,12 @@ def export_concat(spec: str, members: Sequence[tuple[Source, TaskFeatures]], tas
                   out: str | Path | None) -> dict:
     """Export a ``concat:[a, b, ...]`` source: per split the images every member kept, and for
     each requested layer (paired by position: ``-1`` of each member) and pooling every member
-    gives, the members' arrays side by side, named ``<layer a>+<layer b>``. The manifest is
-    read by ``probe --features`` like any other; ``members`` records each member's own one."""
+    gives, the members' arrays side by side, named ``<layer a>+<layer b>``, each member's vector
+    L2-normalised first (along the last axis), as ``ConcatFeatures`` does for the study, so
+    ``probe --features`` on the folder and ``probe --source concat:[...]`` see the same numbers.
+    The manifest is read like any other; ``members`` records each member's own one."""
+    from transferlab.features.postprocess import l2_normalize  # scikit-learn: only concat needs it
+
     if out is not None:
         out = Path(out)
         if out.exists() and not out.is_dir():
@@ -158,7 +162,8 @@ def export_concat(spec: str, members: Sequence[tuple[Source, TaskFeatures]], tas
         splits_written[split_name] = int(len(common))
         for k, p in pairs:
             for view in first.views:
-                parts = [np.asarray(feats.splits[split_name].get(feats.layers[k], p, view), dtype=np.float32)[r]
+                parts = [l2_normalize(np.asarray(feats.splits[split_name].get(feats.layers[k], p, view),
+                                                 dtype=np.float32)[r])
                          for (_, feats), r in zip(members, rows, strict=True)]
                 if len({part.shape[1:-1] for part in parts}) != 1:
                     raise TransferlabError(f"{spec}: {p} of layer {names[k]} has a different shape per member "
@@ -179,7 +184,7 @@ def export_concat(spec: str, members: Sequence[tuple[Source, TaskFeatures]], tas
         "source": spec, "arch": "concat", "weights": [m["weights"] for m in manifests],
         "preprocessing": [m["preprocessing"] for m in manifests], "pixels": [m["pixels"] for m in manifests],
         "layers": layers, "poolings": sorted({p for _, p in pairs}, key=first.poolings.index),
-        "dims": dims, "splits": splits_written,
+        "dims": dims, "splits": splits_written, "normalised": "each member L2-normalised, then side by side",
         "skipped": {"any member": skipped} if skipped else {},
         "members": manifests,
     }
