@@ -86,7 +86,8 @@ def main() -> None:
 
     from transferlab.atomic import atomic_write_text
     from transferlab.report.html import build_report
-    from transferlab.results.store import ResultRow, ResultStore
+    from transferlab.results.rows import ResultRow
+    from transferlab.results.store import ResultStore
 
     rng = np.random.default_rng(0)
     tasks = [("t_acc", "single", "accuracy"), ("t_mca", "single", "mean_class_accuracy"), ("t_map", "map", "map")]

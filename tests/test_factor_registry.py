@@ -78,7 +78,8 @@ def test_titles_order_and_kinds_come_from_the_table():
 
 
 def test_csv_columns_follow_the_table(tmp_path):
-    from transferlab.results.store import ResultRow, ResultStore
+    from transferlab.results.rows import ResultRow
+    from transferlab.results.store import ResultStore
 
     names = [n for n in factor_order() if n != "source"]
     backwards = {name: 1 for name in reversed(names)}

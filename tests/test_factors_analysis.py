@@ -219,7 +219,8 @@ def test_section_renders_tables_and_figures():
 
 def test_section_is_in_the_built_report(tmp_path):
     from transferlab.report import build_report
-    from transferlab.results.store import ResultRow, ResultStore
+    from transferlab.results.rows import ResultRow
+    from transferlab.results.store import ResultStore
 
     store = ResultStore(tmp_path, provenance={"config_hash": "x", "versions": {}, "git_commit": None, "seed": 0,
                                               "device": "cpu"})  # fmt: skip

@@ -12,7 +12,8 @@ from transferlab.analysis import intervals as I
 from transferlab.cli import main
 from transferlab.errors import TransferlabError
 from transferlab.report import build_report
-from transferlab.results.store import ResultRow, ResultStore
+from transferlab.results.rows import ResultRow
+from transferlab.results.store import ResultStore
 from transferlab.study.config import parse_config
 from transferlab.study.run import run_study
 

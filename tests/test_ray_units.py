@@ -11,7 +11,8 @@ import pytest
 from transferlab.data.tasks import load_task
 from transferlab.features.export import extract_task
 from transferlab.features.store import FeatureStore, GroupKey
-from transferlab.results.store import ResultRow, ResultStore
+from transferlab.results.rows import ResultRow
+from transferlab.results.store import ResultStore
 from transferlab.sources import load_source
 from transferlab.study.config import parse_config
 from transferlab.study.ray_cluster import PROBE_DIR, probe_roots

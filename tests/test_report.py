@@ -18,7 +18,7 @@ from transferlab.cli import main
 from transferlab.errors import TransferlabError
 from transferlab.report import build_report
 from transferlab.report.tables import factor_table, summarise, task_infos
-from transferlab.results.store import ResultRow as _ResultRow
+from transferlab.results.rows import ResultRow as _ResultRow
 from transferlab.results.store import ResultStore
 
 

@@ -19,13 +19,9 @@ import numpy as np
 import pytest
 
 from transferlab.errors import TransferlabError
-from transferlab.results.store import (
-    SCHEMA_VERSION,
-    ResultRow,
-    ResultStore,
-    collect_provenance,
-    job_key_of,
-)
+from transferlab.results.provenance import collect_provenance
+from transferlab.results.rows import ResultRow, job_key_of
+from transferlab.results.store import SCHEMA_VERSION, ResultStore
 
 PROVENANCE = {
     "config_hash": "c0ffee",

@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
 
             exported = store.export_rows(args.task)
             if current:
-                from transferlab.results.store import current_only
+                from transferlab.results.rows import current_only
 
                 exported = current_only(exported, store.meta())
             print_json(exported)

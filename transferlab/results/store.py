@@ -14,17 +14,14 @@ from __future__ import annotations
 import contextlib
 import csv
 import fcntl
-import hashlib
 import io
 import json
 import math
 import os
 import sqlite3
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -33,21 +30,13 @@ from transferlab.atomic import atomic_write_text
 from transferlab.errors import TransferlabError
 from transferlab.results.encoding import dumps, finite_or_none
 from transferlab.results.factors import ordered_factors  # reading order of the CSV columns
+from transferlab.results.items import pack_items, unpack_items
+from transferlab.results.provenance import PROVENANCE_KEYS
+from transferlab.results.rows import ResultRow, current_only, job_key_of
 
 SCHEMA_VERSION = 1
 DB_NAME = "results.sqlite"
 LOCK_NAME = ".lock"
-
-# Distribution names whose versions make a result reproducible (key -> distribution).
-PROVENANCE_PACKAGES = {
-    "transferlab": "transferlab",
-    "torch": "torch",
-    "torchvision": "torchvision",
-    "timm": "timm",
-    "numpy": "numpy",
-    "sklearn": "scikit-learn",
-}
-PROVENANCE_KEYS = ("identity", "config_hash", "versions", "git_commit", "seed", "device", "created", "placement")
 
 _COLUMNS = (
     "job_key", "source", "task", "factors", "metric", "value", "metrics", "standard",
@@ -84,90 +73,6 @@ CREATE INDEX IF NOT EXISTS results_task ON results (task);
 CREATE TABLE IF NOT EXISTS items (job_key TEXT PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
-
-
-def job_key_of(source: str, task: str, factors: dict[str, Any], identity: str | None = None) -> str:
-    """The one key of a result, used by the planner (``Job.key``), every executor and the store:
-    a stable hash of (source, task, factor values) and ``identity``, the hash of everything
-    else that made the result (plan.result_identity: source weights, task data fingerprint,
-    evaluation settings, split seed). Equal inputs give equal keys in any run."""
-    payload: dict[str, Any] = {"source": source, "task": task, "factors": factors}
-    if identity:
-        payload["identity"] = identity
-    text = dumps(payload)
-    return hashlib.sha256(text.encode()).hexdigest()[:24]
-
-
-@dataclass
-class ResultRow:
-    """One finished job: the primary metric plus everything needed to explain it."""
-
-    source: str
-    task: str
-    factors: dict[str, Any]
-    metric: str
-    value: float
-    metrics: dict[str, Any] = field(default_factory=dict)
-    standard: bool = False
-    seconds: dict[str, float] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
-    job_key: str = ""
-    val_value: float | None = None  # the selection score (task's metric on validation data)
-    selection: str = ""  # "val", "3-fold", "queries 50%", or "none: why"
-    low: float | None = None  # 95% bootstrap interval of value over test images / queries
-    high: float | None = None
-    identity: str = ""  # plan.result_identity (shown with `results --all` as the configuration hash)
-    items: dict[str, Any] | None = None  # per-item test data + bootstrap replicates (not in rows())
-    # where it ran: {"extracted": [{node_id, hostname, device, shards}], "evaluated": {node_id, hostname}}
-    placement: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if not self.job_key and isinstance(self.factors, dict):
-            try:
-                self.job_key = job_key_of(self.source, self.task, self.factors, self.identity or None)
-            except TypeError:
-                pass  # add() reports the unserialisable value with the row's name
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ResultRow:
-        """Back from a ``ResultStore.rows()`` dict (provenance fields are dropped)."""
-        names = ("source", "task", "factors", "metric", "value", "metrics", "standard", "seconds", "extra", "job_key",
-                 "val_value", "selection", "low", "high", "identity", "placement")
-        return cls(**{k: data[k] for k in names if k in data})
-
-
-def collect_provenance(config_hash: str, seed: int, device: str) -> dict[str, Any]:
-    """What produced a result: config hash, seed, device, package versions, git commit of cwd."""
-    from importlib import metadata
-
-    versions: dict[str, str | None] = {}
-    for key, dist in PROVENANCE_PACKAGES.items():
-        try:
-            versions[key] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            versions[key] = None
-    if versions["transferlab"] is None:
-        import transferlab
-
-        versions["transferlab"] = transferlab.__version__
-    return {
-        "config_hash": config_hash,
-        "versions": versions,
-        "git_commit": _git_commit(),
-        "seed": seed,
-        "device": device,
-    }
-
-
-def _git_commit() -> str | None:
-    try:
-        done = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=os.getcwd(), capture_output=True, text=True, timeout=10
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    commit = done.stdout.strip()
-    return commit if done.returncode == 0 and len(commit) >= 7 else None
 
 
 def _iso(timestamp: float | None) -> str | None:
@@ -292,7 +197,7 @@ class ResultStore:
                 )
                 if row.items is not None:
                     cur.execute("INSERT OR REPLACE INTO items (job_key, data) VALUES (?, ?)",
-                                (record[0], _pack_items(row.items)))
+                                (record[0], pack_items(row.items)))
 
     def _record(self, row: ResultRow, number: int, created: float) -> tuple:
         where = f"result row {number} ({getattr(row, 'source', '?')} on {getattr(row, 'task', '?')})"
@@ -359,7 +264,7 @@ class ResultStore:
         for key, blob in found:
             if wanted is not None and key not in wanted:
                 continue
-            unpacked = _unpack_items(blob)
+            unpacked = unpack_items(blob)
             if unpacked is not None:
                 out[key] = unpacked
         return out
@@ -473,43 +378,11 @@ class ResultStore:
             os.close(fd)
 
 
-def current_only(rows: list[dict[str, Any]], meta: dict[str, Any]) -> list[dict[str, Any]]:
-    """Rows whose key the latest study planned or evaluated (all rows if it recorded none)."""
-    keys = meta.get("current_keys")
-    if not isinstance(keys, list):
-        return rows
-    wanted = set(keys)
-    return [r for r in rows if r["job_key"] in wanted]
-
-
 def _finite(value: Any) -> float | None:
     if value is None:
         return None
     value = float(value)
     return value if math.isfinite(value) else None
-
-
-def _pack_items(items: dict[str, Any]) -> bytes:
-    import numpy as np
-
-    buffer = io.BytesIO()
-    arrays: dict[str, Any] = {k: np.asarray(v) for k, v in items.items()}
-    np.savez_compressed(buffer, **arrays)
-    data = buffer.getvalue()
-    return hashlib.sha256(data).digest()[:8] + data
-
-
-def _unpack_items(blob: bytes) -> dict[str, Any] | None:
-    import numpy as np
-
-    blob = bytes(blob)
-    if len(blob) < 8 or hashlib.sha256(blob[8:]).digest()[:8] != blob[:8]:
-        return None
-    try:
-        with np.load(io.BytesIO(blob[8:]), allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
-    except (OSError, ValueError):
-        return None
 
 
 def _switch_to_wal(conn: sqlite3.Connection, attempts: int = 50) -> str:

@@ -19,7 +19,7 @@ from transferlab.errors import TransferlabError
 from transferlab.evaluate import evaluate_classification, evaluate_retrieval, higher_is_better
 from transferlab.features.handle import FeatureHandle, Representation
 from transferlab.features.postprocess import build_postprocess
-from transferlab.results.store import ResultRow
+from transferlab.results.rows import ResultRow
 from transferlab.study.config import ProbeConfig, RetrievalConfig
 from transferlab.study.plan import Job, Setting
 

@@ -18,7 +18,7 @@ from transferlab.data.base import TaskData, image_splits
 from transferlab.data.tasks import TaskSpec, get_task, load_task
 from transferlab.errors import TransferlabError
 from transferlab.results.factors import postprocess_spec, setting_factors
-from transferlab.results.store import job_key_of
+from transferlab.results.rows import job_key_of
 from transferlab.sources.concat import concat_members  # noqa: F401 - re-exported for the study modules
 from transferlab.study.config import SourceEntry, StudyConfig
 

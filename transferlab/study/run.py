@@ -19,7 +19,9 @@ from transferlab.features.export import extract_task
 from transferlab.features.extract import given_poolings
 from transferlab.features.handle import FeatureHandle, features_of
 from transferlab.features.store import FeatureStore
-from transferlab.results.store import ResultRow, ResultStore, collect_provenance
+from transferlab.results.provenance import collect_provenance
+from transferlab.results.rows import ResultRow
+from transferlab.results.store import ResultStore
 from transferlab.study.config import StudyConfig
 from transferlab.study.evaluation import (
     best_setting,
