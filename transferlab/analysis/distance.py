@@ -19,7 +19,7 @@ from typing import Literal
 
 import numpy as np
 
-from transferlab.analysis.transferability import (
+from transferlab.analysis.score_inputs import (
     check_matrix,
     check_probabilities,
     is_constant,
