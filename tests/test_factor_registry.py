@@ -145,23 +145,3 @@ def test_normalisations_have_one_owner():
     probe = next(a for a in parser._subparsers._group_actions[0].choices["probe"]._actions  # type: ignore[union-attr]
                  if a.dest == "norm")
     assert list(probe.choices) == list(NORMALISATIONS)
-
-
-def test_one_default_c_grid_and_unchanged_evaluation_keys():
-    """LinearProbe, the study's probe.Cs and both CLIs take heads.DEFAULT_CS; moving the grid to
-    one owner kept a default study's evaluation hashes (so no stored row is recomputed)."""
-    from transferlab.cli import build_parser
-    from transferlab.heads import DEFAULT_CS
-    from transferlab.heads.probe import LinearProbe
-    from transferlab.study.config import ProbeConfig, StudyConfig
-
-    assert ProbeConfig().Cs == list(DEFAULT_CS)
-    assert LinearProbe()._check_params().tolist() == list(DEFAULT_CS)
-    parser = build_parser()
-    for command in (["probe"], ["select", "--sources", "a", "--task", "b"]):
-        args = parser.parse_args(command)
-        assert [float(c) for c in args.Cs.split(",")] == list(DEFAULT_CS)
-    config = StudyConfig.model_validate({"sources": ["efficientnet_lite0"], "tasks": ["digits"]})
-    # the hashes of 01ad588, before the move (a deliberate change of the protocol changes these)
-    assert (config.evaluation_hash("probe"), config.evaluation_hash("retrieval")) == \
-        ("a870039f250f4f15", "d04ba56e8c83dc48")

@@ -6,8 +6,7 @@ import argparse
 
 from transferlab.commands._common import non_negative_int, print_json
 from transferlab.commands.extract import add_runtime_arguments
-from transferlab.heads import DEFAULT_CS
-from transferlab.results.factors import NORMALISATIONS, get_factor
+from transferlab.results.factors import NORMALISATIONS
 
 
 def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
@@ -27,8 +26,7 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
     p.add_argument("--quick", action="store_true", help="built-in tasks: the small version")
     add_setting_arguments(p)
     p.add_argument("--loss", choices=["squared_hinge", "logistic"], default="squared_hinge")
-    p.add_argument("--Cs", default=",".join(f"{c:g}" for c in DEFAULT_CS),
-                   help=f"C grid, comma separated [{','.join(f'{c:g}' for c in DEFAULT_CS)}]")
+    p.add_argument("--Cs", default="0.001,0.01,0.1,1,10,100,1000", help="C grid, comma separated")
     p.add_argument("--class-weight", choices=["balanced"], default=None)
     add_runtime_arguments(p)
     p.add_argument("--json", action="store_true")
@@ -41,9 +39,7 @@ def add_setting_arguments(p: argparse.ArgumentParser) -> None:
                    "cls+avg [avg]")
     p.add_argument("--norm", default="l2", choices=list(NORMALISATIONS), help="normalisation [l2]")
     p.add_argument("--pca", type=non_negative_int, default=0, help="PCA dims, 0 = none [0]")
-    views = get_factor("views")
-    p.add_argument("--views", default=views.default, choices=list(views.values or ()),
-                   help=f"flip augmentation [{views.default}]")
+    p.add_argument("--views", default="orig", choices=["orig", "orig+flip"], help="flip augmentation [orig]")
 
 
 def setting_from(args: argparse.Namespace, qe: int = 0):

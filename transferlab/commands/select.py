@@ -30,14 +30,12 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
     p.add_argument("--layers", default="-1,-2,-3,-4", help="comma list, from the top or module names [-1,-2,-3,-4]")
     p.add_argument("--pool", default="avg,max,grid2", help="comma list of poolings [avg,max,grid2]")
     from transferlab.analysis.transferability import FEATURE_SCORES
-    from transferlab.heads import DEFAULT_CS
 
     p.add_argument("--score", choices=list(FEATURE_SCORES), default="logme",
                    help="; ".join(f"{s.name}: {s.title}" for s in FEATURE_SCORES.values()) + " [logme]")
     p.add_argument("--confirm", type=non_negative_int, default=3, help="probe the top K candidates [3]")
     p.add_argument("--full", action="store_true", help="probe every candidate; report score-probe agreement")
-    p.add_argument("--Cs", default=",".join(f"{c:g}" for c in DEFAULT_CS),
-                   help=f"probe C grid, comma separated [{','.join(f'{c:g}' for c in DEFAULT_CS)}]")
+    p.add_argument("--Cs", default="0.01,0.1,1,10,100", help="probe C grid, comma separated [0.01,...,100]")
     from transferlab.commands.extract import add_runtime_arguments
 
     add_runtime_arguments(p)

@@ -37,7 +37,6 @@ from sklearn.exceptions import DataConversionWarning
 from transferlab.device import resolve_device
 from transferlab.errors import InvalidInput
 from transferlab.features.postprocess import NotFitted, check_features, check_width
-from transferlab.heads import DEFAULT_CS
 from transferlab.heads.cpu_threads import (  # noqa: F401  (re-exported)
     SMALL_PROBLEM,
     default_threads,
@@ -50,6 +49,7 @@ from transferlab.heads.probe_solver import ROTATE_MAX_DIM, Design, Heads, newton
 if TYPE_CHECKING:
     from sklearn.model_selection import PredefinedSplit
 
+DEFAULT_CS = np.logspace(-3, 3, 13)
 LOSSES = ("squared_hinge", "logistic")
 
 
@@ -60,7 +60,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
     """One-vs-rest linear classifier on fixed features, C selected on validation data.
 
     Parameters: ``loss`` "squared_hinge" (LinearSVC) or "logistic" (LogisticRegression);
-    ``Cs`` the grid (default ``heads.DEFAULT_CS``, 0.01 ... 100); ``multilabel`` for (n, K) labels with
+    ``Cs`` the grid (default ``np.logspace(-3, 3, 13)``); ``multilabel`` for (n, K) labels with
     1 = positive, -1 = negative, 0 = difficult (ignored in training and scoring);
     ``class_weight`` None or "balanced" (per binary head: positives weighted n / (2 n_pos),
     negatives n / (2 n_neg)); ``cv`` where C is chosen: a number of folds (seeded, stratified
