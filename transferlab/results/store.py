@@ -93,7 +93,8 @@ class ResultStore:
         self.path = self.run_dir / DB_NAME
         self.provenance = dict(provenance or {})
         if not create and not self.path.is_file():
-            raise TransferlabError(f"{self.run_dir}: no results here ({DB_NAME} missing); run `transferlab study` first")
+            raise TransferlabError(
+                f"{self.run_dir}: no results here ({DB_NAME} missing); run `transferlab study` first")
         if create:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         self._mutex = threading.RLock()
@@ -306,7 +307,8 @@ class ResultStore:
         second_names = ordered_keys(r["seconds"] for r in rows)
         extra_names = ordered_keys({k: v for k, v in r["extra"].items() if _scalar(v)} for r in rows)
         header = (
-            ["job_key", "source", "task"] + [f"factor.{n}" for n in factor_names] + ["metric", "value", "low", "high", "val_value", "selection", "standard"]
+            ["job_key", "source", "task"] + [f"factor.{n}" for n in factor_names]
+            + ["metric", "value", "low", "high", "val_value", "selection", "standard"]
             + [f"metrics.{n}" for n in metric_names] + [f"seconds.{n}" for n in second_names]
             + [f"extra.{n}" for n in extra_names] + list(PROVENANCE_KEYS)
         )  # fmt: skip
