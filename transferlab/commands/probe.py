@@ -6,6 +6,7 @@ import argparse
 
 from transferlab.commands._common import non_negative_int, print_json
 from transferlab.commands.extract import add_runtime_arguments
+from transferlab.heads.probe_grid import cs_text
 from transferlab.results.factors import NORMALISATIONS
 
 
@@ -26,7 +27,7 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
     p.add_argument("--quick", action="store_true", help="built-in tasks: the small version")
     add_setting_arguments(p)
     p.add_argument("--loss", choices=["squared_hinge", "logistic"], default="squared_hinge")
-    p.add_argument("--Cs", default="0.001,0.01,0.1,1,10,100,1000", help="C grid, comma separated")
+    p.add_argument("--Cs", default=cs_text(), help=f"C grid, comma separated [{cs_text()}]")
     p.add_argument("--class-weight", choices=["balanced"], default=None)
     add_runtime_arguments(p)
     p.add_argument("--json", action="store_true")
