@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from transferlab.commands._common import non_negative_int, parse_csv_list, print_json
+from transferlab.commands._common import non_negative_int, parse_cs, parse_csv_list, print_json
 from transferlab.heads.probe_grid import cs_text
 
 
@@ -55,12 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from transferlab.study.config import ProbeConfig
     from transferlab.study.select import select
 
-    try:
-        Cs = [float(c) for c in parse_csv_list(args.Cs)]
-    except ValueError:
-        raise TransferlabError(f"--Cs must be numbers, got {args.Cs!r}") from None
-    if not Cs or any(not (0 < c < float("inf")) for c in Cs):
-        raise TransferlabError(f"--Cs must be positive finite numbers, got {args.Cs!r}")
+    Cs = parse_cs(args.Cs)
     from transferlab.sources.concat import split_specs
 
     sources, layers, poolings = split_specs(args.sources), _layers(args.layers), parse_csv_list(args.pool)

@@ -108,7 +108,8 @@ class RetrievalConfig(_Strict):
     -> DBA -> rank -> QE / alpha-QE -> re-rank; pooling ``windows`` is spatial search."""
 
     metric: Literal["cosine", "l2"] = "cosine"
-    qe: list[NonNegativeInt] = Field(default_factory=lambda: [0])  # a factor: neighbours added to a query
+    # a factor (neighbours added to a query): its default is the factor table's
+    qe: list[NonNegativeInt] = Field(default_factory=lambda: [get_factor("qe").default])
     dba: NonNegativeInt = 0  # database-side augmentation: neighbours per database vector, itself included (0 = off)
     alpha: PositiveFloat | None = None  # None: plain means (AQE, DBA); a number: alpha-QE / alpha-DBA weights
     whiten_on: str | None = None  # a task whose database features fit the PCA (e.g. paris6k for oxford5k)
