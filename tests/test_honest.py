@@ -226,6 +226,16 @@ def test_evaluation_hash_covers_probe_retrieval_and_finetune_settings():
     assert base.evaluation_hash("probe", "off") == tune.evaluation_hash("probe", "off")
 
 
+def test_default_probe_and_retrieval_settings_keep_their_evaluation_hash():
+    """The default C grid (heads.probe_grid.DEFAULT_CS) and retrieval settings have one owner
+    each; moving them must not change the keys of results already stored by a default study."""
+    base = parse_config({"sources": ["efficientnet_lite0"], "tasks": ["digits"]})
+    assert base.probe.Cs == [0.01, 0.1, 1.0, 10.0, 100.0]
+    assert base.evaluation_hash("probe") == "a870039f250f4f15"
+    assert base.evaluation_hash("retrieval") == "d04ba56e8c83dc48"
+    assert base.evaluation_hash("probe", "on") == "1fa68387e3f18fbe"
+
+
 def test_repeats_re_split_built_in_tasks_and_report_mean_and_std(tmp_path):
     run = tmp_path / "run"
     config = _config(tmp_path, execution={"batch_size": 64, "repeats": 2})

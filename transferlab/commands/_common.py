@@ -17,6 +17,21 @@ def parse_csv_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
+def parse_cs(text: str) -> list[float]:
+    """A ``--Cs`` grid (``0.01,0.1,1``): positive finite numbers, else one clear line."""
+    import math
+
+    from transferlab.errors import TransferlabError
+
+    try:
+        cs = [float(c) for c in parse_csv_list(text)]
+    except ValueError:
+        raise TransferlabError(f"--Cs must be numbers, got {text!r}") from None
+    if not cs or any(not (c > 0 and math.isfinite(c)) for c in cs):
+        raise TransferlabError(f"--Cs must be positive finite numbers, got {text!r}")
+    return cs
+
+
 def _number(kind: type, text: str, low: float, inclusive: bool, what: str, high: float | None = None):
     import argparse
     import math

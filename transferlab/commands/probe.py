@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from transferlab.commands._common import non_negative_int, print_json
+from transferlab.commands._common import non_negative_int, parse_cs, print_json
 from transferlab.commands.extract import add_runtime_arguments
-from transferlab.results.factors import NORMALISATIONS
+from transferlab.heads.probe_grid import cs_text
+from transferlab.results.factors import NORMALISATIONS, VIEWS, extracted_views, get_factor
 
 
 def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
@@ -26,7 +27,7 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
     p.add_argument("--quick", action="store_true", help="built-in tasks: the small version")
     add_setting_arguments(p)
     p.add_argument("--loss", choices=["squared_hinge", "logistic"], default="squared_hinge")
-    p.add_argument("--Cs", default="0.001,0.01,0.1,1,10,100,1000", help="C grid, comma separated")
+    p.add_argument("--Cs", default=cs_text(), help=f"C grid, comma separated [{cs_text()}]")
     p.add_argument("--class-weight", choices=["balanced"], default=None)
     add_runtime_arguments(p)
     p.add_argument("--json", action="store_true")
@@ -34,12 +35,16 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
 
 
 def add_setting_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--layer", default="-1", help="layer index from the top (-1, -2, ...) or module name [-1]")
-    p.add_argument("--pool", default="avg", help="pooling: avg, max, gem, gridK, rmac; token layers also cls, "
-                   "cls+avg [avg]")
-    p.add_argument("--norm", default="l2", choices=list(NORMALISATIONS), help="normalisation [l2]")
-    p.add_argument("--pca", type=non_negative_int, default=0, help="PCA dims, 0 = none [0]")
-    p.add_argument("--views", default="orig", choices=["orig", "orig+flip"], help="flip augmentation [orig]")
+    """The post-learning factors as options; their defaults are the factor table's (results.factors)."""
+    layer, pool, norm, pca, views = (get_factor(name).default for name in ("layer", "pooling", "normalisation",
+                                                                             "pca", "views"))
+    p.add_argument("--layer", default=str(layer),
+                   help=f"layer index from the top (-1, -2, ...) or module name [{layer}]")
+    p.add_argument("--pool", default=pool, help="pooling: avg, max, gem, gridK, rmac; token layers also cls, "
+                   f"cls+avg [{pool}]")
+    p.add_argument("--norm", default=norm, choices=list(NORMALISATIONS), help=f"normalisation [{norm}]")
+    p.add_argument("--pca", type=non_negative_int, default=pca, help=f"PCA dims, 0 = none [{pca}]")
+    p.add_argument("--views", default=views, choices=list(VIEWS), help=f"flip augmentation [{views}]")
 
 
 def setting_from(args: argparse.Namespace, qe: int = 0):
@@ -113,20 +118,14 @@ def run(args: argparse.Namespace) -> int:
     from transferlab.study.plan import Job
 
     setting = setting_from(args)
-    try:
-        Cs = [float(c) for c in args.Cs.split(",") if c.strip()]
-    except ValueError:
-        raise TransferlabError(f"--Cs must be numbers, got {args.Cs!r}") from None
-    if not Cs or any(not (0 < c < float("inf")) for c in Cs):
-        raise TransferlabError(f"--Cs must be positive finite numbers, got {args.Cs!r}")
+    Cs = parse_cs(args.Cs)
     probe = ProbeConfig(loss=args.loss, Cs=Cs, class_weight=args.class_weight)
     if args.features:
         from transferlab.features.exported import exported_task_and_features
 
         task, features, metric = exported_task_and_features(args.features)
     else:
-        views = ["orig", "flip"] if setting.views == "orig+flip" else ["orig"]
-        task, features = task_and_features(args, setting.layer, setting.pooling, views)
+        task, features = task_and_features(args, setting.layer, setting.pooling, extracted_views([setting.views]))
         metric = get_task(args.task).metric
     if task.kind == "retrieval":
         raise TransferlabError(f"task {task.name} is a retrieval task; use `transferlab retrieve`")

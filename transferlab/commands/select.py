@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import math
 
-from transferlab.commands._common import non_negative_int, parse_csv_list, print_json
+from transferlab.commands._common import non_negative_int, parse_cs, parse_csv_list, print_json
+from transferlab.heads.probe_grid import cs_text
 
 
 def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
@@ -35,7 +36,7 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
                    help="; ".join(f"{s.name}: {s.title}" for s in FEATURE_SCORES.values()) + " [logme]")
     p.add_argument("--confirm", type=non_negative_int, default=3, help="probe the top K candidates [3]")
     p.add_argument("--full", action="store_true", help="probe every candidate; report score-probe agreement")
-    p.add_argument("--Cs", default="0.01,0.1,1,10,100", help="probe C grid, comma separated [0.01,...,100]")
+    p.add_argument("--Cs", default=cs_text(), help=f"probe C grid, comma separated [{cs_text()}]")
     from transferlab.commands.extract import add_runtime_arguments
 
     add_runtime_arguments(p)
@@ -54,12 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from transferlab.study.config import ProbeConfig
     from transferlab.study.select import select
 
-    try:
-        Cs = [float(c) for c in parse_csv_list(args.Cs)]
-    except ValueError:
-        raise TransferlabError(f"--Cs must be numbers, got {args.Cs!r}") from None
-    if not Cs or any(not (0 < c < float("inf")) for c in Cs):
-        raise TransferlabError(f"--Cs must be positive finite numbers, got {args.Cs!r}")
+    Cs = parse_cs(args.Cs)
     from transferlab.sources.concat import split_specs
 
     sources, layers, poolings = split_specs(args.sources), _layers(args.layers), parse_csv_list(args.pool)

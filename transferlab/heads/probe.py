@@ -44,12 +44,12 @@ from transferlab.heads.cpu_threads import (  # noqa: F401  (re-exported)
     torch_threads,
     usable_cores,
 )
+from transferlab.heads.probe_grid import DEFAULT_CS
 from transferlab.heads.probe_solver import ROTATE_MAX_DIM, Design, Heads, newton
 
 if TYPE_CHECKING:
     from sklearn.model_selection import PredefinedSplit
 
-DEFAULT_CS = np.logspace(-3, 3, 13)
 LOSSES = ("squared_hinge", "logistic")
 
 
@@ -60,7 +60,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
     """One-vs-rest linear classifier on fixed features, C selected on validation data.
 
     Parameters: ``loss`` "squared_hinge" (LinearSVC) or "logistic" (LogisticRegression);
-    ``Cs`` the grid (default ``np.logspace(-3, 3, 13)``); ``multilabel`` for (n, K) labels with
+    ``Cs`` the grid (default ``DEFAULT_CS``: 0.01, 0.1, 1, 10, 100); ``multilabel`` for (n, K) labels with
     1 = positive, -1 = negative, 0 = difficult (ignored in training and scoring);
     ``class_weight`` None or "balanced" (per binary head: positives weighted n / (2 n_pos),
     negatives n / (2 n_neg)); ``cv`` where C is chosen: a number of folds (seeded, stratified

@@ -43,6 +43,7 @@ from transferlab.heads.spatial import (
     spatial_search_rank,
     windows_pair,
 )
+from transferlab.results.factors import get_factor
 
 __all__ = [
     "METRICS", "Metric", "RetrievalSettings", "Transform", "alpha_query_expansion", "average_query_expansion",
@@ -71,7 +72,7 @@ class RetrievalSettings:
 
     metric: Metric = "cosine"
     dba: int = 0
-    qe: int = 0
+    qe: int = get_factor("qe").default  # the study factor's default (results.factors): off
     alpha: float | None = None
     spatial: bool = False
 

@@ -205,6 +205,21 @@ def postprocess_spec(normalisation: str, pca_step: str = "") -> str:
     return ",".join(steps) or "none"
 
 
+# ------------------------------------------------------------------ views
+
+# The views factor's values: each is the "+"-joined image views (features.extract.VIEWS) a
+# probe trains on; retrieval ranks the original view only.
+VIEWS = ("orig", "orig+flip")
+
+
+def extracted_views(values: Iterable[str]) -> list[str]:
+    """The image views to extract for these views-factor values ("orig+flip": orig and flip), in order."""
+    views: list[str] = []
+    for value in values:
+        views += [view for view in value.split("+") if view not in views]
+    return views
+
+
 def _non_negative_pca(value: Any) -> None:
     if value < 0:
         raise ValueError("PCA dims must be >= 0 (0 = no PCA)")
@@ -233,7 +248,7 @@ for _factor in (
     Factor("pca", "dimensionality reduction (PCA)", "post-learning", config_key="pca_dims", default=0,
            value_type=int, check=_non_negative_pca),
     Factor("views", "augmentation (views)", "post-learning", config_key="views", default="orig",
-           values=("orig", "orig+flip"), varies_for=("probe",)),  # retrieval ranks the original view only
+           values=VIEWS, varies_for=("probe",)),  # retrieval ranks the original view only
     Factor("finetune", "fine-tuning", "post-learning", config_key="finetune", default="off",
            values=("off", "on"), varies_for=("probe",)),
     # retrieval.qe's values are checked by study.config's RetrievalConfig

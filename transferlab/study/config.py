@@ -28,6 +28,7 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 
 from transferlab.errors import TransferlabError
+from transferlab.heads.probe_grid import DEFAULT_CS
 from transferlab.results.factors import Factor, attach_check, config_factors, get_factor, on_change
 
 # range-checked numbers: every count >= 1, every "0 = off" >= 0, every rate finite and > 0
@@ -91,7 +92,7 @@ class TrainEntry(_Strict):
 
 class ProbeConfig(_Strict):
     loss: Literal["squared_hinge", "logistic"] = "squared_hinge"
-    Cs: list[PositiveFloat] = Field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0, 100.0])
+    Cs: list[PositiveFloat] = Field(default_factory=lambda: list(DEFAULT_CS))
     class_weight: Literal["balanced"] | None = None
 
     @field_validator("Cs")
@@ -107,7 +108,8 @@ class RetrievalConfig(_Strict):
     -> DBA -> rank -> QE / alpha-QE -> re-rank; pooling ``windows`` is spatial search."""
 
     metric: Literal["cosine", "l2"] = "cosine"
-    qe: list[NonNegativeInt] = Field(default_factory=lambda: [0])  # a factor: neighbours added to a query
+    # a factor (neighbours added to a query): its default is the factor table's
+    qe: list[NonNegativeInt] = Field(default_factory=lambda: [get_factor("qe").default])
     dba: NonNegativeInt = 0  # database-side augmentation: neighbours per database vector, itself included (0 = off)
     alpha: PositiveFloat | None = None  # None: plain means (AQE, DBA); a number: alpha-QE / alpha-DBA weights
     whiten_on: str | None = None  # a task whose database features fit the PCA (e.g. paris6k for oxford5k)

@@ -17,7 +17,7 @@ from typing import Any
 from transferlab.data.base import TaskData, image_splits
 from transferlab.data.tasks import TaskSpec, get_task, load_task
 from transferlab.errors import TransferlabError
-from transferlab.results.factors import postprocess_spec, setting_factors
+from transferlab.results.factors import extracted_views, postprocess_spec, setting_factors
 from transferlab.results.rows import job_key_of
 from transferlab.sources.concat import concat_members  # noqa: F401 - re-exported for the study modules
 from transferlab.study.config import SourceEntry, StudyConfig
@@ -393,7 +393,7 @@ def make_plan(config: StudyConfig, check_layers: bool = True, loaded: dict[str, 
         problems.append("tasks: none of the tasks could be loaded")
     if problems:
         raise TransferlabError("the study cannot start:\n  " + "\n  ".join(problems))
-    views = ["orig", "flip"] if "orig+flip" in config.factors.views else ["orig"]
+    views = extracted_views(config.factors.views)
     if untrained:
         notes.append(f"{len(untrained)} source network(s) of train: will be trained first")
     # the first listed source is the standard one, trained sources come after the others

@@ -288,10 +288,6 @@ def _add_current(results: ResultStore, key: str) -> None:
         results.set_meta("current_keys", [*current, key])
 
 
-def _kind(plan: Plan, task_name: str) -> str:
-    return "retrieval" if plan.specs[task_name].kind == "retrieval" else "probe"
-
-
 def _evaluate(pool, results, summary, jobs, task, features, config, metric, whiten, progress) -> None:
     from tqdm.auto import tqdm
 
