@@ -119,7 +119,8 @@ def write_vs_timm(args, rows, width, height) -> None:
         ys = [t for row in rows for t in row["seconds"][side]]
         slope, intercept = np.polyfit(xs, ys, 1) if len(set(xs)) > 1 else (float("nan"), float("nan"))
         fits[side] = {"ms_per_image": 1000 * slope, "startup_seconds": intercept}
-    result = {"command": "python benchmarks/bench_extract.py --vs-timm --sizes " + args.sizes + f" --rounds {args.rounds}",
+    command = f"python benchmarks/bench_extract.py --vs-timm --sizes {args.sizes} --rounds {args.rounds}"
+    result = {"command": command,
               "source": args.source, "jpeg_size": [width, height], "rows": rows, "linear_fit": fits,
               "threads": torch.get_num_threads(), "load_average": list(os.getloadavg()),
               "note": "shared 2-core machine; sides alternate ABBA; fresh TRANSFERLAB_CACHE per run"}
@@ -152,7 +153,8 @@ def main() -> None:
     parser.add_argument("--size", default="500x375", help="JPEG width x height [500x375, VOC-like]")
     parser.add_argument("--jpeg-draft", action="store_true", help="end to end with reduced-scale JPEG decoding")
     parser.add_argument("--compile", action="store_true", help="end to end with torch.compile (compiled in warm-up)")
-    parser.add_argument("--vs-timm", action="store_true", help="only the whole-process comparison with the plain timm loop")
+    parser.add_argument("--vs-timm", action="store_true",
+                        help="only the whole-process comparison with the plain timm loop")
     parser.add_argument("--sizes", default="128,256,512", help="--vs-timm: image counts [128,256,512]")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "extract.json"))
     args = parser.parse_args()
@@ -253,11 +255,15 @@ def main() -> None:
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
-    print(f"{args.source}, {n} JPEGs {width}x{height}{' (--jpeg-draft)' if args.jpeg_draft else ''}{' (--compile)' if args.compile else ''}, batch {args.batch_size}, {len(LAYERS)} layers x {len(POOLINGS)} poolings")
+    flags = (" (--jpeg-draft)" if args.jpeg_draft else "") + (" (--compile)" if args.compile else "")
+    print(f"{args.source}, {n} JPEGs {width}x{height}{flags}, batch {args.batch_size}, "
+          f"{len(LAYERS)} layers x {len(POOLINGS)} poolings")
     print(f"  bare model(x):           {result['bare_img_per_s']:.1f} img/s")
-    print(f"  one pass, 12 outputs:    {result['one_pass_img_per_s']:.1f} img/s  overhead x{overhead:.3f} (target <= 1.15)")
+    print(f"  one pass, 12 outputs:    {result['one_pass_img_per_s']:.1f} img/s  "
+          f"overhead x{overhead:.3f} (target <= 1.15)")
     print(f"  naive 12 passes:         x{naive_speedup:.1f} slower than one pass (target >= 8)")
-    print(f"  end to end from JPEG:    {result['e2e_img_per_s']:.1f} img/s = {e2e_fraction:.2f} of bare (target >= 0.85; "
+    print(f"  end to end from JPEG:    {result['e2e_img_per_s']:.1f} img/s = {e2e_fraction:.2f} of bare "
+          "(target >= 0.85; "
           f"{e2e_fraction_of_totals:.2f} over all rounds' totals)")
     print("  per round e2e/bare:      " + " ".join(f"{r['bare'] / r['e2e']:.2f}" for r in rounds))
     print(f"  decode+resize, 1 thread: {decode_ms['pil_resize_then_crop']:.2f} ms/img PIL decode + resize then crop, "

@@ -42,7 +42,8 @@ def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
     add_resolution_argument(p)
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda [auto]")
-    p.add_argument("--workers", type=non_negative_int, help="decoding worker processes; 0 decodes each batch on threads "
+    p.add_argument("--workers", type=non_negative_int,
+                   help="decoding worker processes; 0 decodes each batch on threads "
                    "in this process [auto: 0 on the CPU, up to 8 feeding a GPU]")
     p.add_argument("--cache", help="FeatureStore folder [$TRANSFERLAB_CACHE/features]")
     p.add_argument("--on-bad-image", choices=["error", "skip"], default="error",
@@ -74,7 +75,10 @@ def run(args: argparse.Namespace) -> int:
     for pooling in parse_csv_list(args.pool):  # a bad name fails before any data or model loads
         validate_pooling(pooling)
     options = {"quick": True} if args.quick else {}
-    task = load_task(args.data, args.root, **options) if args.root else load_dataset(args.data, any_layout=True, **options)
+    if args.root:
+        task = load_task(args.data, args.root, **options)
+    else:
+        task = load_dataset(args.data, any_layout=True, **options)
     store = FeatureStore(args.cache) if args.cache else FeatureStore()
     members = concat_members(args.source)
     if members is not None and args.weights not in (None, "none"):

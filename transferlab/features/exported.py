@@ -30,7 +30,8 @@ def _read_manifest(path: Path) -> dict:
         raise TransferlabError(f"{path}: not a JSON object; export the folder again")
     for key, kind in _MANIFEST_FIELDS.items():
         if not isinstance(manifest.get(key), kind):
-            raise TransferlabError(f"{path}: field {key!r} is missing or not a {kind.__name__}; export the folder again")
+            raise TransferlabError(
+                f"{path}: field {key!r} is missing or not a {kind.__name__}; export the folder again")
     for entry in manifest["layers"]:
         if not isinstance(entry, dict) or "name" not in entry or "index" not in entry:
             raise TransferlabError(f"{path}: field 'layers' holds an entry without name and index")
@@ -78,7 +79,8 @@ def exported_task_and_features(folder: str | Path) -> tuple[TaskData, ExportedFe
         label_names.append([r[1] for r in body])
         counts[name] = len(body)
     # the manifest says what the task is; exports from before it did are guessed from labels
-    kind: Any = manifest.get("kind") or ("multilabel" if any(";" in x for names in label_names for x in names) else "single")
+    guessed = "multilabel" if any(";" in x for names in label_names for x in names) else "single"
+    kind: Any = manifest.get("kind") or guessed
     multilabel = kind != "single"
     classes = manifest.get("classes") or sorted({c for names in label_names for x in names for c in x.split(";") if c})
     index = {c: i for i, c in enumerate(classes)}

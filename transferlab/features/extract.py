@@ -369,7 +369,8 @@ def _flush(store, keys, shard, buf, outputs, wanted, windows, bad) -> None:
                 continue
             rows = buf.get(f"{view}\0{out}", [])
             shape = layer_pooled_shape(layer, p, len(windows))
-            arrays[out] = np.concatenate(rows).astype(np.float32, copy=False) if rows else np.zeros((0, *shape), np.float32)
+            arrays[out] = (np.concatenate(rows).astype(np.float32, copy=False) if rows
+                           else np.zeros((0, *shape), np.float32))
         store.write_shard(key, shard, arrays, bad)
 
 

@@ -75,7 +75,8 @@ class StoreFeatures:
         try:
             return self.features.splits[name]
         except KeyError:
-            raise TransferlabError(f"split {name!r} was not extracted (have {', '.join(self.features.splits)})") from None
+            have = ", ".join(self.features.splits)
+            raise TransferlabError(f"split {name!r} was not extracted (have {have})") from None
 
     def layer_name(self, layer: int | str) -> str:
         return self._layer(layer).name
@@ -175,7 +176,8 @@ class ConcatFeatures:
         return "+".join(part.layer_name(spec) for part, spec in zip(self.parts, self._specs(layer), strict=True))
 
     def split(self, name: str, layer: int | str, pooling: str, view: str = "orig") -> np.ndarray:
-        arrays = [part.split(name, spec, pooling, view) for part, spec in zip(self.parts, self._specs(layer), strict=True)]
+        arrays = [part.split(name, spec, pooling, view)
+                  for part, spec in zip(self.parts, self._specs(layer), strict=True)]
         if self.normalise:
             arrays = [l2_normalize(a) for a in arrays]
         if len({a.shape[:-1] for a in arrays}) != 1:

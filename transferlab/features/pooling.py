@@ -55,7 +55,9 @@ def grid_pool(x: torch.Tensor, k: int) -> torch.Tensor:
 
 
 @lru_cache(maxsize=64)
-def rmac_regions(height: int, width: int, levels: int = 3, overlap: float = 0.4) -> tuple[tuple[int, int, int, int], ...]:
+def rmac_regions(
+    height: int, width: int, levels: int = 3, overlap: float = 0.4
+) -> tuple[tuple[int, int, int, int], ...]:
     """R-MAC regions of Tolias et al. (2016) as (y, x, h, w) cells, the whole map first.
 
     Square regions at ``levels`` scales; at scale l the side is 2*min(H,W)/(l+1) and the
@@ -193,7 +195,8 @@ class Pooling:
         if self.applies(layer):
             return ""
         if layer.kind in self.kinds:
-            return f"its model has no class token (its head pools {'patch tokens' if layer.kind == 'tokens' else 'the map'})"
+            pooled = "patch tokens" if layer.kind == "tokens" else "the map"
+            return f"its model has no class token (its head pools {pooled})"
         if layer.kind == "vector":
             return "it is a vector (vector layers take only avg/max)"
         kinds = {"map": "a feature map", "tokens": "a token sequence", "vector": "a vector"}

@@ -4,8 +4,9 @@ The paper's best retrieval pipeline is L2 -> PCA(-whitening) -> signed power -> 
 is a scikit-learn transformer (``BaseEstimator`` + ``TransformerMixin``: constructors store
 their arguments as given and ``fit`` checks them, so ``clone``, ``get_params``, ``Pipeline``
 and ``cross_val_score`` work; float32 in and out) fit on training data only, or on a separate
-dataset (Paris for Oxford), so that test features never leak into fitted statistics. ``build_postprocess("l2,pca256,power,l2")`` turns
-the compact spec used in study configs into a fitted-on-demand pipeline.
+dataset (Paris for Oxford), so that test features never leak into fitted statistics.
+``build_postprocess("l2,pca256,power,l2")`` turns the compact spec used in study configs into a
+fitted-on-demand pipeline.
 """
 
 from __future__ import annotations

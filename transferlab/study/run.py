@@ -342,7 +342,8 @@ def _finetuned_features(plan: Plan, pool, results: ResultStore, source_name: str
     out = results.run_dir / "finetuned" / f"{_slug(source_name)}__{task_name}"
     ft = plan.config.finetune
     if not (out / "source.json").exists():
-        (source,) = plan.members.get(source_name) or load_members(entry.spec, entry.weights, execution.get("resolution"))
+        (source,) = (plan.members.get(source_name)
+                     or load_members(entry.spec, entry.weights, execution.get("resolution")))
         finetune(source, [plan.tasks[task_name]], out, blocks=ft.blocks, epochs=ft.epochs, lr=ft.lr,
                  optimizer=ft.optimizer, batch_size=ft.batch_size, input_size=ft.input_size,
                  device=execution["device"], seed=execution["seed"], progress=execution.get("progress", True))
