@@ -202,7 +202,7 @@ def main() -> int:
     previous = json.loads(args.out.read_text()) if args.out.exists() and not args.quick else {}
     measured = {(c["n"], c["d"], c["classes"]): c for c in previous.get("cells", []) if "n" in c}
     for index, (n, d, k) in enumerate(cells):
-        logistic_max = args.logistic_max or (math.inf if args.full else 3e7)
+        logistic_max = args.logistic_max if args.logistic_max is not None else (math.inf if args.full else 3e7)
         measured[(n, d, k)] = measure_cell(n, d, k, index, logistic_max, args.hinge_max)
     ordered = [measured[key] for key in sorted(measured)]
     report = {
