@@ -240,7 +240,8 @@ def ukb_groups(queries: Sequence[Query], db_size: int) -> tuple[np.ndarray, np.n
             query_groups[q] = ids[0]
         else:
             raise TransferlabError(
-                f"UKBench query {q} ({query.name}): its group {members[:8].tolist()} partially overlaps another query's group"
+                f"UKBench query {q} ({query.name}): its group {members[:8].tolist()} "
+                "partially overlaps another query's group"
             )
     loose = groups == -1
     groups[loose] = next_id + np.arange(int(loose.sum()))

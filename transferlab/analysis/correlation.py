@@ -43,7 +43,8 @@ def _ranks(values: np.ndarray) -> np.ndarray:
 
 
 def spearman(
-    x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray, *, n_boot: int = N_BOOTSTRAP, seed: int = 0, min_n: int = MIN_TASKS,
+    x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray, *,
+    n_boot: int = N_BOOTSTRAP, seed: int = 0, min_n: int = MIN_TASKS,
     unit: str = "tasks",
 ) -> Correlation:
     """Spearman's rho (ties: average ranks), scipy's p-value (two-sided, t approximation) and

@@ -40,7 +40,8 @@ def _number(kind: type, text: str, low: float, inclusive: bool, what: str, high:
         value = kind(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
-    if not math.isfinite(value) or value < low or (value == low and not inclusive) or (high is not None and value >= high):
+    if (not math.isfinite(value) or value < low or (value == low and not inclusive)
+            or (high is not None and value >= high)):
         raise argparse.ArgumentTypeError(f"{text!r}: must be {what}")
     return value
 

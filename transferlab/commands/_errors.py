@@ -22,7 +22,8 @@ _RESUME = "finished work is kept; rerun to resume"
 
 # errno -> (what it means, what to do); the path is put in front
 _OS_ADVICE = {
-    errno.ENOSPC: ("no space left on the device", f"free space or point --cache / --out / TRANSFERLAB_CACHE at another disk; {_RESUME}"),
+    errno.ENOSPC: ("no space left on the device",
+                   f"free space or point --cache / --out / TRANSFERLAB_CACHE at another disk; {_RESUME}"),
     errno.EDQUOT: ("disk quota exceeded", f"free space or use another disk; {_RESUME}"),
     errno.EROFS: ("read-only file system", "give a writable folder (--cache, --out or TRANSFERLAB_CACHE)"),
     errno.EACCES: ("permission denied", "check the file's permissions, or give a folder you can read and write"),

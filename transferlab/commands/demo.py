@@ -14,7 +14,8 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
         description="Run configs/offline.yaml (built-in ImageNet sources, built-in offline tasks) "
         "end to end, print a summary table and write report.html. Nothing is downloaded.",
     )
-    p.add_argument("--quick", action="store_true", help="one source, fewer factor values, small test sets: a ~30 s smoke test")
+    p.add_argument("--quick", action="store_true",
+                   help="one source, fewer factor values, small test sets: a ~30 s smoke test")
     p.add_argument("--out", default="runs/demo", help="run directory [runs/demo, runs/demo-quick with --quick]")
     p.add_argument("--executor", choices=["local", "ray"], default="local")
     p.add_argument("--no-progress", action="store_true")

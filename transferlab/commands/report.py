@@ -16,7 +16,8 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
         "number; also RUN_DIR/results.csv. Works while the study is still running.",
     )
     parser.add_argument("run_dir", metavar="RUN_DIR", help="the study's run directory")
-    parser.add_argument("--json", action="store_true", help='print {"report", "csv", "tasks", "results", "older_results"} as JSON '
+    parser.add_argument("--json", action="store_true",
+                        help='print {"report", "csv", "tasks", "results", "older_results"} as JSON '
                         "(results: the current configuration's rows, the ones the report shows)")
     parser.set_defaults(func=run)
 

@@ -134,13 +134,15 @@ def _print_table(rows: list[dict[str, Any]], meta: dict[str, Any], with_hash: bo
     for r in rows:
         config = config_of(r)
         cells = [value_label(config[k]) if k in config else "-" for k in varying]
-        table.append([r["task"], *cells, r["metric"], fmt_interval(r["metric"], r["value"], r.get("low"), r.get("high")),
+        table.append([r["task"], *cells, r["metric"],
+                      fmt_interval(r["metric"], r["value"], r.get("low"), r.get("high")),
                       fmt_value(r["metric"], r.get("val_value")), _role(r)]
                      + ([r.get("identity") or r.get("config_hash") or "-"] if with_hash else []))
     widths = [max(len(row[i]) for row in [header, *table]) for i in range(len(header))]
     numeric = {len(header) - (4 if with_hash else 3), len(header) - (3 if with_hash else 2)}
     for row in [header, *table]:
-        line = "  ".join(c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+        line = "  ".join(c.rjust(w) if i in numeric else c.ljust(w)
+                         for i, (c, w) in enumerate(zip(row, widths, strict=True)))
         print(line.rstrip())
     print(f"{len(rows)} results; scores in [0, 1] shown x100")
 

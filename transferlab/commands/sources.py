@@ -13,7 +13,8 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
         description="Without NAME: the built-in sources and the source kinds. With NAME: its "
         "representation layers (index from the top, module name, kind, channels, stride, grid, poolings).",
         epilog="examples: transferlab sources; transferlab sources efficientnet_lite0; "
-        "transferlab sources timm:resnet50 --weights none; transferlab sources timm:vit_small_patch16_224 --weights none",
+        "transferlab sources timm:resnet50 --weights none; "
+        "transferlab sources timm:vit_small_patch16_224 --weights none",
     )
     p.add_argument("name", nargs="?", help="a source spec, e.g. efficientnet_lite0 or timm:resnet50")
     p.add_argument("--weights", help="weights file for timm:/torchvision: sources, or 'none'")

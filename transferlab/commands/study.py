@@ -73,7 +73,8 @@ def default_run_dir(name: str, config_path: str):
     parts = PurePath(name).parts
     if not name.strip() or PurePath(name).is_absolute() or ".." in parts or "~" in name[:1]:
         raise TransferlabError(f"{config_path}: study name {name!r} is not a plain run name (it would write "
-                               "outside runs/); give --out RUN_DIR, or a name without '..' and not starting with '/' or '~'")
+                               "outside runs/); give --out RUN_DIR, or a name without '..' "
+                               "and not starting with '/' or '~'")
     return Path("runs") / name
 
 

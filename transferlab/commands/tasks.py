@@ -74,7 +74,8 @@ def _list(as_json: bool) -> int:
         print_json(rows)
         return 0
     header = ("rank", "name", "group", "kind", "metric", "expected layout under --root")
-    table: list[tuple[str, ...]] = [(str(r["distance"]), str(r["name"]), f'{r["group"]} {r["group_name"]}', str(r["kind"]), str(r["metric"]),
+    table: list[tuple[str, ...]] = [(str(r["distance"]), str(r["name"]), f'{r["group"]} {r["group_name"]}',
+              str(r["kind"]), str(r["metric"]),
               "built-in (no --root)" if r["builtin"] else str(r["layout"])) for r in rows]  # fmt: skip
     widths = [max(len(row[i]) for row in [header, *table]) for i in range(len(header) - 1)]
     for row in [header, *table]:

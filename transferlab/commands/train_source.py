@@ -48,7 +48,8 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
                    help="after fc6 and fc7 [0: AlexNet's 0.5 slows these narrow networks' short schedules badly]")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda [auto]")
     p.add_argument("--workers", type=non_negative_int, help="image decoding workers [auto]")
-    p.add_argument("--threads", type=positive_int, help="torch threads while training on CPU [1: small nets gain little "
+    p.add_argument("--threads", type=positive_int,
+                   help="torch threads while training on CPU [1: small nets gain little "
                    "from more, and a busy machine makes OpenMP threads wait for each other]")
     p.add_argument("--seed", type=int, default=0, help="initial weights, subset, shuffles, augmentation [0]")
     p.add_argument("--out", required=True, help="output folder (weights, snapshots, source.json, checkpoint)")

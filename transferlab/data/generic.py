@@ -185,7 +185,9 @@ def _read_csv_rows(csv_path: Path) -> tuple[str, list[tuple[int, str, str]]]:
             try:
                 header = next(reader)
             except StopIteration:
-                raise AnnotationError(csv_path, "empty file; expected a header path,label or path,labels", line=1) from None
+                raise AnnotationError(
+                    csv_path, "empty file; expected a header path,label or path,labels", line=1
+                ) from None
             header = [h.strip() for h in header]
             if header not in (["path", "label"], ["path", "labels"]):
                 raise AnnotationError(
@@ -204,7 +206,9 @@ def _read_csv_rows(csv_path: Path) -> tuple[str, list[tuple[int, str, str]]]:
                 if not fields or all(not f.strip() for f in fields):
                     continue
                 if len(fields) != 2:
-                    raise AnnotationError(csv_path, f"expected 2 fields (path,{header[1]}), found {len(fields)}", line=line)
+                    raise AnnotationError(
+                        csv_path, f"expected 2 fields (path,{header[1]}), found {len(fields)}", line=line
+                    )
                 rows.append((line, fields[0].strip(), fields[1].strip()))
     except UnicodeDecodeError as exc:
         raise AnnotationError(csv_path, f"not UTF-8 text ({exc.reason})") from None

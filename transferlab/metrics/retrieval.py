@@ -89,7 +89,9 @@ def _check_gt(positives: np.ndarray, junk: np.ndarray, where: str) -> None:
             )
 
 
-def retrieval_ap(ranking: np.ndarray, positives: Sequence[int] | np.ndarray, junk: Sequence[int] | np.ndarray = ()) -> float:
+def retrieval_ap(
+    ranking: np.ndarray, positives: Sequence[int] | np.ndarray, junk: Sequence[int] | np.ndarray = ()
+) -> float:
     """AP of one query (Oxford/Paris protocol, ``compute_ap.cpp``).
 
     ``ranking``: database indices, best first (may be a truncated top-k list; positives

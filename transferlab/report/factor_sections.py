@@ -110,7 +110,8 @@ def _hypotheses_table(analysis: Analysis) -> str:
 
 def _figure(png: bytes, alt: str, readings: list[str]) -> str:
     lines = "".join(f"<li>{esc(r)}</li>" for r in readings)
-    return f'<figure>{embed_png(png, alt)}<figcaption><ul style="margin:4px 0;padding-left:18px">{lines}</ul></figcaption></figure>'
+    return (f'<figure>{embed_png(png, alt)}<figcaption><ul style="margin:4px 0;padding-left:18px">{lines}</ul>'
+            "</figcaption></figure>")
 
 
 def _best_values_table(analysis: Analysis) -> str:

@@ -84,7 +84,8 @@ def register_factor(factor: Factor, *, registered_by: str | None = None) -> Fact
         for other in _FACTORS.values():
             if (other.block, other.config_key) == (factor.block, factor.config_key):
                 raise TransferlabError(f"config key {factor.block}.{factor.config_key} is registered twice: for "
-                                       f"factor {other.name!r} by {other.registered_by} and for {factor.name!r} by {who}")
+                                       f"factor {other.name!r} by {other.registered_by} "
+                                       f"and for {factor.name!r} by {who}")
     if factor.default is not None and factor.in_setting:
         factor.validate(factor.default)
     _FACTORS[factor.name] = factor

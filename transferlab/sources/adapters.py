@@ -7,7 +7,8 @@ as the model's own head pools it (``head_pooling``: ``cls`` for class-token tran
 When no parameter-free pooling of a transformer's tokens reproduces that vector (a norm
 after the pooling as in BEiT/EVA/"gap" ViTs, an attention pool, DeiT's distillation average),
 the vector itself becomes the top layer ``pre_logits``. (ConvNets keep their last map as -1
-even where the head does more, as MobileNetV3's conv head after the pooling.) Transformers' token layers are described by ``TokenFormat``.
+even where the head does more, as MobileNetV3's conv head after the pooling.) Transformers' token
+layers are described by ``TokenFormat``.
 """
 
 from __future__ import annotations
@@ -102,7 +103,8 @@ def _token_format(model: nn.Module) -> TokenFormat | None:
     if has_class is None:
         has_class = getattr(model, "cls_token", None) is not None
     patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
-    patch_size = (int(patch[0]), int(patch[1])) if isinstance(patch, (tuple, list)) else ((int(patch),) * 2 if patch else None)
+    patch_size = ((int(patch[0]), int(patch[1])) if isinstance(patch, (tuple, list))
+                  else ((int(patch),) * 2 if patch else None))
     return TokenFormat(int(prefix), bool(has_class), patch_size)
 
 

@@ -41,7 +41,8 @@ def register_source_kind(prefix: str, factory: SourceFactory, description: str) 
     is registered once (a second registration is an error naming both factories)."""
     if prefix in _KINDS and _KINDS[prefix][0] is not factory:
         first = _KINDS[prefix][0]
-        raise TransferlabError(f"source kind {prefix!r} is registered twice: by {first.__module__}.{first.__qualname__} "
+        raise TransferlabError(f"source kind {prefix!r} is registered twice: "
+                               f"by {first.__module__}.{first.__qualname__} "
                                f"and by {factory.__module__}.{factory.__qualname__}")
     if prefix in BUILTIN_SOURCES:
         raise TransferlabError(f"source kind {prefix!r} would hide the built-in source of that name")
@@ -113,7 +114,8 @@ def at_resolution(source: Source, resolution: int | None) -> Source:
         raise
     except Exception as exc:
         raise TransferlabError(
-            f"source {source.name} cannot run at {resolution} px: {(str(exc).strip().splitlines() or [type(exc).__name__])[0]}"
+            f"source {source.name} cannot run at {resolution} px: "
+            f"{(str(exc).strip().splitlines() or [type(exc).__name__])[0]}"
         ) from None
     return moved
 

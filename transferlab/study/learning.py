@@ -249,7 +249,8 @@ def _record(source: SourceEntry, factors: dict[str, Any], entry: TrainEntry, nea
         "chance": round(1.0 / record.num_classes, 6) if record else None,
         "near_chance": near_chance(val, record.num_classes) if record else None,
         "train_accuracy": row.get("train_accuracy"),
-        "seconds": round(sum(r.get("seconds") or 0 for r in record.history if r["epoch"] <= epoch), 1) if record else None,
+        "seconds": (round(sum(r.get("seconds") or 0 for r in record.history if r["epoch"] <= epoch), 1)
+                    if record else None),
         "images_per_second": row.get("images_per_second"),
         "status": record.status if record else "not trained",
     }

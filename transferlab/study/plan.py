@@ -303,7 +303,8 @@ def make_plan(config: StudyConfig, check_layers: bool = True, loaded: dict[str, 
         if spec.repeat_mode == "partitions" and config.execution.repeats > 1:
             options.setdefault("extra_partitions", config.execution.repeats - 1)
         if not spec.builtin and root is None:
-            problems.append(f"tasks.{task_entry.name}: needs a root (tasks: [{{name: {task_entry.name}, root: DIR}}] or data_root)")
+            problems.append(f"tasks.{task_entry.name}: needs a root "
+                            f"(tasks: [{{name: {task_entry.name}, root: DIR}}] or data_root)")
             continue
         try:
             tasks[task_entry.name] = load_task(task_entry.name, root, **options)

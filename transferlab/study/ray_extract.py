@@ -149,7 +149,8 @@ class ExtractionWorker:
         if key.digest != unit.digest:
             raise TransferlabError(
                 f"node {str(node['node_id'])[:12]} [{node['hostname']}] sees other image files for "
-                f"{task.name}/{unit.split} than the driver (sizes or times differ): share the data folder, do not copy it")
+                f"{task.name}/{unit.split} than the driver (sizes or times differ): "
+                "share the data folder, do not copy it")
         store = FeatureStore(store_root) if store_root else FeatureStore()
         device = resolve_device(execution["device"])
         started = time.perf_counter()

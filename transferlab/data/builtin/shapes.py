@@ -169,7 +169,8 @@ def attribute_scene(rng: np.random.Generator) -> tuple[list[Thing], set[str]]:
                     break
             else:
                 break  # no room: draw the whole scene again
-            things.append(Thing(shape, _jitter(COLOURS[colour], rng), texture, float(cx), float(cy), r, float(rng.uniform(0, 360))))
+            things.append(Thing(shape, _jitter(COLOURS[colour], rng), texture, float(cx), float(cy), r,
+                                float(rng.uniform(0, 360))))
             positives |= {colour, shape, texture, size}
         else:
             return things, positives

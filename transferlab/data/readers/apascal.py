@@ -120,6 +120,7 @@ register(
         metric="map",
         layout="attribute_data/apascal_{train,test}.txt, VOCdevkit/VOC2008/JPEGImages/",
         reader=read_apascal,
-        protocol="official split 6340 train / 6355 test objects, cropped to their boxes, 64 attributes; mAP (dataset papers: mean AUC)",
+        protocol="official split 6340 train / 6355 test objects, cropped to their boxes, 64 attributes; "
+        "mAP (dataset papers: mean AUC)",
     )
 )

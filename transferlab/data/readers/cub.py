@@ -153,9 +153,11 @@ register(
         distance=8,
         kind="single",
         metric="accuracy",
-        layout="CUB_200_2011/{images/, images.txt, image_class_labels.txt, train_test_split.txt, classes.txt[, bounding_boxes.txt]}",
+        layout="CUB_200_2011/{images/, images.txt, image_class_labels.txt, train_test_split.txt, "
+        "classes.txt[, bounding_boxes.txt]}",
         reader=read_cub,
         options={"crop": False},
-        protocol="official split 5994 train / 5794 test, 200 classes; accuracy; crop=True uses the annotated bird boxes",
+        protocol="official split 5994 train / 5794 test, 200 classes; accuracy; "
+        "crop=True uses the annotated bird boxes",
     )
 )

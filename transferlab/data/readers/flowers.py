@@ -127,6 +127,7 @@ register(
         metric="mean_class_accuracy",
         layout="jpg/image_%05d.jpg, imagelabels.mat, setid.mat",
         reader=read_flowers,
-        protocol="official split: train trnid (1020) / val valid (1020) / test tstid (6149), 102 classes; mean class accuracy",
+        protocol="official split: train trnid (1020) / val valid (1020) / test tstid (6149), 102 classes; "
+        "mean class accuracy",
     )
 )

@@ -81,7 +81,8 @@ def read_h3d(root: Path | None, *, problems: Problems | None = None, crop: bool 
     )
     if crop:
         task.notes.append(
-            "people cropped to their visible bounds (x, y, width, height -> x1, y1, x2, y2); NaN bounds keep the whole image"
+            "people cropped to their visible bounds (x, y, width, height -> x1, y1, x2, y2); "
+            "NaN bounds keep the whole image"
         )
     return task
 

@@ -131,6 +131,8 @@ register(
         layout="jpg/*.jpg (jpg1.tar.gz + jpg2.tar.gz), optionally eval_holidays/holidays_images.dat",
         reader=read_holidays,
         options={"image_folder": "jpg"},
-        protocol="500 queries (image number divisible by 100) against all 1491 images; the query is removed from its own ranking; positives = rest of its group (number // 100); mAP of holidays_map.py",
+        protocol="500 queries (image number divisible by 100) against all 1491 images; "
+        "the query is removed from its own ranking; positives = rest of its group (number // 100); "
+        "mAP of holidays_map.py",
     )
 )

@@ -143,7 +143,8 @@ class MissingImages:
     def finish(self) -> None:
         if self.count > MISSING_LIMIT:
             self.problems.report(
-                TransferlabError(f"... {self.count - MISSING_LIMIT} more images named by the ground truth are missing from {self.where}")
+                TransferlabError(f"... {self.count - MISSING_LIMIT} more images named by the ground truth "
+                                 f"are missing from {self.where}")
             )
 
 
@@ -181,7 +182,9 @@ class GtQuery:
     lists: dict[str, list[tuple[str, int, Path]]] = field(default_factory=dict)  # kind -> (id, line, file)
 
 
-def find_gt_dir(root: Path, candidates: Iterable[str], what: str, prefer: str | None = None, max_depth: int = 3) -> Path:
+def find_gt_dir(
+    root: Path, candidates: Iterable[str], what: str, prefer: str | None = None, max_depth: int = 3
+) -> Path:
     """The folder holding ``*_query.txt`` files: a candidate (relative to root), root itself
     (the Oxford gt archive extracts flat), or any folder below; ``prefer`` breaks ties."""
     tried = []
@@ -350,7 +353,8 @@ def read_oxford5k(
     reject_unknown_options("oxford5k", options, ["allow_missing"])
     problems = problems if problems is not None else Problems()
     root = _start("oxford5k", root)
-    gt_dir = find_gt_dir(root, ["gt_files_170407", "gt_files", "oxford5k/gt_files_170407"], "Oxford ground truth (gt_files_170407)")
+    gt_dir = find_gt_dir(root, ["gt_files_170407", "gt_files", "oxford5k/gt_files_170407"],
+                         "Oxford ground truth (gt_files_170407)")
     source_files: list[str] = []
     gt_queries = read_gt_dir(gt_dir, problems, source_files)
     if not gt_queries:
@@ -361,7 +365,8 @@ def read_oxford5k(
     )
     images = index_images(folder, nested=False, problems=problems)
     notes = [f"ground truth: {gt_dir}", f"images: {folder}", "query images stay in the database (official protocol)"]
-    data = build_retrieval_task("oxford5k", root, gt_queries, images, folder, problems, allow_missing, source_files, notes)
+    data = build_retrieval_task("oxford5k", root, gt_queries, images, folder, problems, allow_missing,
+                                source_files, notes)
     notes.append(_count_note("oxford5k", data, 5063, 55))
     return data
 
@@ -386,7 +391,8 @@ def read_paris6k(
     reject_unknown_options("paris6k", options, ["allow_missing", "drop_corrupt"])
     problems = problems if problems is not None else Problems()
     root = _start("paris6k", root)
-    gt_dir = find_gt_dir(root, ["paris_120310", "gt_files", "paris6k/paris_120310"], "Paris ground truth (paris_120310)")
+    gt_dir = find_gt_dir(root, ["paris_120310", "gt_files", "paris6k/paris_120310"],
+                         "Paris ground truth (paris_120310)")
     source_files: list[str] = []
     gt_queries = read_gt_dir(gt_dir, problems, source_files)
     if not gt_queries:
@@ -405,7 +411,8 @@ def read_paris6k(
             f"dropped {len(present)} of the 20 known corrupt images (parisbuildings/corrupt.txt) from the database"
         )
     notes.append("query images stay in the database (official protocol)")
-    data = build_retrieval_task("paris6k", root, gt_queries, images, folder, problems, allow_missing, source_files, notes)
+    data = build_retrieval_task("paris6k", root, gt_queries, images, folder, problems, allow_missing,
+                                source_files, notes)
     notes.append(_count_note("paris6k", data, 6392, 55))
     return data
 
@@ -427,7 +434,8 @@ def read_sculptures6k(
         raise TransferlabError(f"sculptures6k: split must be 'train' or 'test', got {split!r}")
     problems = problems if problems is not None else Problems()
     root = _start("sculptures6k", root)
-    gt_dir = find_gt_dir(root, [f"gt_{split}", f"gt_files_{split}", f"{split}_gt"], f"Sculptures 6k ground truth ({split})", prefer=split)
+    gt_dir = find_gt_dir(root, [f"gt_{split}", f"gt_files_{split}", f"{split}_gt"],
+                         f"Sculptures 6k ground truth ({split})", prefer=split)
     source_files: list[str] = []
     gt_queries = read_gt_dir(gt_dir, problems, source_files)
     if not gt_queries:
@@ -441,7 +449,8 @@ def read_sculptures6k(
         f"images: {folder} (split {split})",
         "layout of the Sculptures 6k ground truth is not confirmed from a public copy; see docs/tasks_retrieval.md",
     ]
-    data = build_retrieval_task("sculptures6k", root, gt_queries, images, folder, problems, allow_missing, source_files, notes)
+    data = build_retrieval_task("sculptures6k", root, gt_queries, images, folder, problems, allow_missing,
+                                source_files, notes)
     notes.append(f"sculptures6k: {len(data.split('db'))} database images, {len(data.queries or [])} queries")
     return data
 
@@ -454,10 +463,12 @@ register(
         distance=15,
         kind="retrieval",
         metric="oxford_map",
-        layout="oxbuild_images/*.jpg (oxbuild_images.tgz) and gt_files_170407/*_{query,good,ok,junk}.txt (gt_files_170407.tgz); either may be extracted flat into the root",
+        layout="oxbuild_images/*.jpg (oxbuild_images.tgz) and gt_files_170407/*_{query,good,ok,junk}.txt "
+        "(gt_files_170407.tgz); either may be extracted flat into the root",
         reader=read_oxford5k,
         options={"allow_missing": False},
-        protocol="55 queries cropped to their box, 5063 database images (queries included); positives good+ok, junk ignored; mAP of compute_ap.cpp",
+        protocol="55 queries cropped to their box, 5063 database images (queries included); "
+        "positives good+ok, junk ignored; mAP of compute_ap.cpp",
     )
 )
 register(
@@ -471,7 +482,8 @@ register(
         layout="paris/<landmark>/*.jpg (paris_1.tgz + paris_2.tgz) and paris_120310/*_{query,good,ok,junk}.txt",
         reader=read_paris6k,
         options={"allow_missing": False, "drop_corrupt": True},
-        protocol="55 queries cropped to their box, 6392 database images (6412 minus the 20 corrupt ones); positives good+ok, junk ignored; mAP of compute_ap.cpp",
+        protocol="55 queries cropped to their box, 6392 database images (6412 minus the 20 corrupt ones); "
+        "positives good+ok, junk ignored; mAP of compute_ap.cpp",
     )
 )
 register(
@@ -482,10 +494,12 @@ register(
         distance=19,
         kind="retrieval",
         metric="oxford_map",
-        layout="sculptures6k/{train,test}/*.jpg and a folder of Oxford-format *_{query,good,ok,junk}.txt for the split (folder name unconfirmed)",
+        layout="sculptures6k/{train,test}/*.jpg and a folder of Oxford-format *_{query,good,ok,junk}.txt "
+        "for the split (folder name unconfirmed)",
         reader=read_sculptures6k,
         options={"split": "test", "allow_missing": False},
-        protocol="queries of the chosen split (test by default) against that split's images; positives good+ok, junk ignored; mAP as Oxford",
+        protocol="queries of the chosen split (test by default) against that split's images; "
+        "positives good+ok, junk ignored; mAP as Oxford",
     )
 )
 

@@ -73,7 +73,8 @@ def load_pickle_safely(path: Path) -> Any:
         raise AnnotationError(path, "file not found") from None
     except _RefusedGlobal as exc:
         raise AnnotationError(
-            path, f"not a safe ground-truth pickle ({exc}); only lists, dicts, strings, numbers and numpy arrays are accepted"
+            path, f"not a safe ground-truth pickle ({exc}); "
+            "only lists, dicts, strings, numbers and numpy arrays are accepted"
         ) from None
     except Exception as exc:  # truncated or not a pickle at all: UnpicklingError, EOFError, ...
         raise AnnotationError(path, f"cannot read pickle ({type(exc).__name__}: {exc})") from None
@@ -140,19 +141,23 @@ def parse_gnd(path: Path, cfg: Any, problems: Problems) -> tuple[list[str], list
         for key in GND_KEYS:
             indices = _as_index_list(entry.get(key)) if key in entry else None
             if indices is None:
-                problems.annotation(path, "missing" if key not in entry else "expected a list of integer indices", key=f"{where}['{key}']")
+                problems.annotation(path, "missing" if key not in entry else "expected a list of integer indices",
+                                    key=f"{where}['{key}']")
                 parsed = None
                 break
             bad = [i for i in indices if not 0 <= i < len(imlist)]
             if bad:
-                problems.annotation(path, f"index {bad[0]} outside imlist (0..{len(imlist) - 1})", key=f"{where}['{key}']")
+                problems.annotation(path, f"index {bad[0]} outside imlist (0..{len(imlist) - 1})",
+                                    key=f"{where}['{key}']")
                 parsed = None
                 break
             fields[key] = indices
         if parsed is not None:
             box = _as_box(entry.get("bbx"))
             if box is None:
-                problems.annotation(path, f"expected [x1, y1, x2, y2] with x1 < x2 and y1 < y2, got {entry.get('bbx')!r}", key=f"{where}['bbx']")
+                problems.annotation(path,
+                                    f"expected [x1, y1, x2, y2] with x1 < x2 and y1 < y2, got {entry.get('bbx')!r}",
+                                    key=f"{where}['bbx']")
                 parsed = None
             else:
                 parsed["bbx"] = box
@@ -168,7 +173,9 @@ def _read_revisited(
     root = require_root(root, task, f"the folder holding gnd_{task}.pkl and jpg/")
     pkl_name = f"gnd_{task}.pkl"
     pkl = find_under(
-        root, [pkl_name, f"{task}/{pkl_name}", f"data/datasets/{task}/{pkl_name}"], f"revisited ground truth {pkl_name}", max_depth=4
+        root, [pkl_name, f"{task}/{pkl_name}", f"data/datasets/{task}/{pkl_name}"],
+        f"revisited ground truth {pkl_name}",
+        max_depth=4,
     )
     imlist, qimlist, gnd = parse_gnd(pkl, load_pickle_safely(pkl), problems)
     if not imlist and not qimlist:
@@ -201,7 +208,8 @@ def _read_revisited(
             continue
         if entry is None:
             continue
-        parts = {k: np.array(sorted({new_index[i] for i in entry[k] if i in new_index}), dtype=np.int64) for k in GND_KEYS}
+        parts = {k: np.array(sorted({new_index[i] for i in entry[k] if i in new_index}), dtype=np.int64)
+                 for k in GND_KEYS}
         queries.append(
             Query(
                 path=images[qname],
@@ -221,7 +229,8 @@ def _read_revisited(
         "positives = easy + hard (Medium); revisited_map also scores Easy (hard as junk) and Hard (easy as junk)",
     ]
     if len(keep) < len(imlist):
-        notes.append(f"allow_missing: {len(imlist) - len(keep)} imlist images absent from {folder} were dropped and the ground truth re-indexed")
+        notes.append(f"allow_missing: {len(imlist) - len(keep)} imlist images absent from {folder} were dropped "
+                     "and the ground truth re-indexed")
     n_db, n_q = OFFICIAL[task]
     notes.append(f"{task}: {len(db_paths)} database images, {len(queries)} queries (official: {n_db}, {n_q})")
     return TaskData(
@@ -251,8 +260,10 @@ def read_rparis6k(
 
 
 for _name, _title, _distance, _reader, _layout in (
-    ("roxford5k", "Revisited Oxford 5k", 16, read_roxford5k, "gnd_roxford5k.pkl and jpg/*.jpg (revisitop layout; oxbuild_images/ also accepted)"),
-    ("rparis6k", "Revisited Paris 6k", 18, read_rparis6k, "gnd_rparis6k.pkl and jpg/*.jpg (revisitop layout; paris/<landmark>/ also accepted)"),
+    ("roxford5k", "Revisited Oxford 5k", 16, read_roxford5k,
+     "gnd_roxford5k.pkl and jpg/*.jpg (revisitop layout; oxbuild_images/ also accepted)"),
+    ("rparis6k", "Revisited Paris 6k", 18, read_rparis6k,
+     "gnd_rparis6k.pkl and jpg/*.jpg (revisitop layout; paris/<landmark>/ also accepted)"),
 ):
     register(
         TaskSpec(
@@ -265,6 +276,7 @@ for _name, _title, _distance, _reader, _layout in (
             layout=_layout,
             reader=_reader,
             options={"allow_missing": False},
-            protocol=f"{OFFICIAL[_name][1]} queries cropped to bbx against {OFFICIAL[_name][0]} database images (queries not in it); mAP Easy / Medium (headline) / Hard of revisitop compute_map, junk ignored",
+            protocol=f"{OFFICIAL[_name][1]} queries cropped to bbx against {OFFICIAL[_name][0]} database images "
+            "(queries not in it); mAP Easy / Medium (headline) / Hard of revisitop compute_map, junk ignored",
         )
     )

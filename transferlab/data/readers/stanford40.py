@@ -150,6 +150,7 @@ register(
         layout="ImageSplits/<action>_{train,test}.txt [+ actions.txt], JPEGImages/, [XMLAnnotations/]",
         reader=read_stanford40,
         options={"crop": False},
-        protocol="official split 4000 train / 5532 test, 40 actions; mAP over one-vs-rest APs; crop=True uses the person box",
+        protocol="official split 4000 train / 5532 test, 40 actions; mAP over one-vs-rest APs; "
+        "crop=True uses the person box",
     )
 )

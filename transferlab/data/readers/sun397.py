@@ -79,7 +79,10 @@ def read_sun397(
         wanted += [(partition_split("train", number), "Training", number),
                    (partition_split("test", number), "Testing", number)]
     if extra_partitions:
-        task.notes.append(f"repeats: partitions {', '.join(f'{n:02d}' for n in extra_partition_numbers(partition, extra_partitions))} as well")
+        task.notes.append(
+            "repeats: partitions "
+            f"{', '.join(f'{n:02d}' for n in extra_partition_numbers(partition, extra_partitions))} as well"
+        )
     for split_name, prefix, number in wanted:
         list_file = partitions / f"{prefix}_{number:02d}.txt"
         lines = problems.lines(list_file, task.source_files)

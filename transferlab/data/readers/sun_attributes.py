@@ -92,10 +92,12 @@ def read_sun_attributes(
             task.notes.append(f"{split_name}: no positive image for {', '.join(empty)}")
         check_images_exist(split.paths, problems, arrays["images"][0])
     task.notes.append(
-        f"positive = at least 2 of 3 votes (labels_cv >= 2/3); single votes are {'ignored (0)' if ambiguous == 'ignore' else 'negative'}"
+        "positive = at least 2 of 3 votes (labels_cv >= 2/3); "
+        f"single votes are {'ignored (0)' if ambiguous == 'ignore' else 'negative'}"
     )
     task.notes.append(
-        f"no official split: each scene category is split {train_fraction:g}/{1 - train_fraction:g} at random, seed {seed}"
+        f"no official split: each scene category is split {train_fraction:g}/{1 - train_fraction:g} "
+        f"at random, seed {seed}"
     )
     return task
 
@@ -162,10 +164,12 @@ register(
         distance=4,
         kind="attributes",
         metric="map",
-        layout="SUNAttributeDB/{images.mat, attributes.mat, attributeLabels_continuous.mat}, images/<letter>/<category>/...",
+        layout="SUNAttributeDB/{images.mat, attributes.mat, attributeLabels_continuous.mat}, "
+        "images/<letter>/<category>/...",
         reader=read_sun_attributes,
         options={"seed": 0, "train_fraction": 0.5, "ambiguous": "negative"},
         repeats="redeal",
-        protocol="102 attributes, positive at >= 2/3 votes; no official split: seeded half/half per scene category; mAP",
+        protocol="102 attributes, positive at >= 2/3 votes; "
+        "no official split: seeded half/half per scene category; mAP",
     )
 )

@@ -86,6 +86,7 @@ register(
         layout="full/ukbench00000.jpg .. ukbench10199.jpg (or the same files flat in the root)",
         reader=read_ukbench,
         options={"n_images": OFFICIAL_IMAGES},
-        protocol="each of the 10200 images queries all 10200; its group is the 4 images 4k..4k+3 (itself included); N-S score = mean number of the group in the top 4, 0..4",
+        protocol="each of the 10200 images queries all 10200; its group is the 4 images 4k..4k+3 (itself included); "
+        "N-S score = mean number of the group in the top 4, 0..4",
     )
 )

@@ -168,9 +168,11 @@ register(
         distance=12,
         kind="multilabel",
         metric="map",
-        layout="VOC3000/{JPEGImages/, Annotations/*.xml or groundtruth.mat [, ImageSets/Main/{train,test}.txt]} (unverified)",
+        layout="VOC3000/{JPEGImages/, Annotations/*.xml or groundtruth.mat [, ImageSets/Main/{train,test}.txt]} "
+        "(unverified)",
         reader=read_visual_phrases,
         options={"seed": 0, "train_fraction": 0.5},
-        protocol="image-level phrase recognition, 1 = image has a box of the phrase; seeded half/half split unless ImageSets/Main exists; mAP",
+        protocol="image-level phrase recognition, 1 = image has a box of the phrase; "
+        "seeded half/half split unless ImageSets/Main exists; mAP",
     )
 )

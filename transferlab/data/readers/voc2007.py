@@ -110,6 +110,7 @@ register(
         metric="voc07_map",
         layout="VOCdevkit/VOC2007/{ImageSets/Main/<class>_{trainval,test}.txt, JPEGImages/}",
         reader=read_voc2007,
-        protocol="train on trainval (5011), test on test (4952); 20 classes; 11-point AP of the VOC2007 devkit, difficult (0) ignored",
+        protocol="train on trainval (5011), test on test (4952); 20 classes; "
+        "11-point AP of the VOC2007 devkit, difficult (0) ignored",
     )
 )
