@@ -294,7 +294,9 @@ def hscore(features: object, labels: object, *, num_classes: int | None = None, 
 # ---------------------------------------------------------------- leave-one-out k-NN
 
 
-def knn_predict_loo(features: np.ndarray, codes: np.ndarray, n_classes: int, k: int, chunk: int | None = None) -> np.ndarray:
+def knn_predict_loo(
+    features: np.ndarray, codes: np.ndarray, n_classes: int, k: int, chunk: int | None = None
+) -> np.ndarray:
     """Leave-one-out k-NN predictions under cosine similarity, computed in row chunks with torch.
 
     Vote ties go to the tied class whose best-ranked neighbour is nearest (so k = 2 always

@@ -33,7 +33,8 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
                    help="task name or dataset folder; repeat for joint fine-tuning")
     p.add_argument("--root", action="append", default=[], metavar="DIR",
                    help="folder of a benchmark task: one per --task, or one for every non-built-in task")
-    p.add_argument("--out", required=True, help="output folder (checkpoint.pt, model.safetensors, heads.safetensors, source.json)")
+    p.add_argument("--out", required=True,
+                   help="output folder (checkpoint.pt, model.safetensors, heads.safetensors, source.json)")
     p.add_argument("--blocks", default="all",
                    help="'all' (whole network), K (top K representation blocks) or 0 (heads only) [all]")
     p.add_argument("--epochs", type=positive_int, default=10, help="maximum epochs [10]")
@@ -43,8 +44,10 @@ def register(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -
                    help="the heads' learning rate is lr x this [1 sgd, 10 adamw]")
     p.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd")
     p.add_argument("--weight-decay", type=non_negative_float, help="[1e-4 sgd, 0.01 adamw]")
-    p.add_argument("--patience", type=non_negative_int, default=3, help="early stopping: epochs without validation gain; 0 = off [3]")
-    p.add_argument("--input-size", type=positive_int, help="train and evaluate at this input size instead of the source's")
+    p.add_argument("--patience", type=non_negative_int, default=3,
+                   help="early stopping: epochs without validation gain; 0 = off [3]")
+    p.add_argument("--input-size", type=positive_int,
+                   help="train and evaluate at this input size instead of the source's")
     p.add_argument("--resolution", type=positive_int, metavar="R",
                    help="load the source at R px (timm transformers with dynamic_img_size; the fine-tuned "
                         "source keeps it) [native]")

@@ -100,7 +100,8 @@ def _check_labels(task: TaskData, split: Split, kind: str, n_classes: int) -> No
     where = f"task {task.name}, split {split.name}"
     if kind == "single":
         if labels.ndim != 1 or labels.dtype.kind not in "iu":
-            raise TransferlabError(f"{where}: single-label tasks need int class indices, got {labels.dtype} {labels.shape}")
+            raise TransferlabError(
+                f"{where}: single-label tasks need int class indices, got {labels.dtype} {labels.shape}")
         bad = np.flatnonzero((labels < 0) | (labels >= n_classes))
         if len(bad):
             raise TransferlabError(

@@ -63,7 +63,8 @@ class TaskHeads(nn.Module):
 
 
 def joint_loss(features: torch.Tensor, heads: Callable[[int, torch.Tensor], torch.Tensor],
-               task_ids: torch.Tensor, labels: torch.Tensor, tasks: Sequence[FinetuneTask]) -> tuple[torch.Tensor, int, int]:
+               task_ids: torch.Tensor, labels: torch.Tensor,
+               tasks: Sequence[FinetuneTask]) -> tuple[torch.Tensor, int, int]:
     """Mean over the batch of each sample's loss on its own task's head (``heads(t, x)``);
     also the number of correct arg-max predictions and of single-label samples."""
     total = features.new_zeros(())

@@ -235,7 +235,8 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
                     f"LinearProbe.score: labels {unseen[:10].tolist()} were not in the training labels"
                 )
         elif y.shape[1] != len(self.classes_):
-            raise InvalidInput(f"LinearProbe.score: y has {y.shape[1]} label columns, trained with {len(self.classes_)}")
+            raise InvalidInput(
+                f"LinearProbe.score: y has {y.shape[1]} label columns, trained with {len(self.classes_)}")
         return _default_score(y, self.decision_function(X), self.classes_, self.multilabel)
 
     # ---------------------------------------------------------------- internals
@@ -254,7 +255,9 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
             )
         if not (self.tol > 0 and self.max_iter >= 1):
             raise InvalidInput("LinearProbe: tol must be > 0 and max_iter >= 1")
-        if self.n_threads is not None and (isinstance(self.n_threads, bool) or not isinstance(self.n_threads, (int, np.integer)) or self.n_threads < 1):
+        threads = self.n_threads
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer))
+                                    or threads < 1):
             raise InvalidInput(f"LinearProbe: n_threads must be a positive integer or None, got {self.n_threads!r}")
         if self.scoring is not None and not callable(self.scoring):
             raise InvalidInput("LinearProbe: scoring must be callable(y_true, scores) -> float")
@@ -289,7 +292,8 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
                 raise InvalidInput(f"{name}: multilabel labels must be (n, K) with 1 / -1 / 0, got shape {y.shape}")
             if not np.isin(y, (-1, 0, 1)).all():
                 bad = np.setdiff1d(np.unique(y), [-1, 0, 1])
-                raise InvalidInput(f"{name}: multilabel values must be 1, -1 or 0 (difficult), found {bad[:5].tolist()}")
+                raise InvalidInput(
+                    f"{name}: multilabel values must be 1, -1 or 0 (difficult), found {bad[:5].tolist()}")
             return y.astype(np.int8)
         if y.ndim != 1:
             raise InvalidInput(f"{name}: single-label y must be 1-D, got shape {y.shape} (use multilabel=True)")

@@ -137,7 +137,8 @@ def _header(name: str, rows: list[dict[str, Any]], meta: dict[str, Any], tasks: 
     fixed = fixed_factors(rows)
     if fixed:
         facts.append(("fixed factors", ", ".join(f"{k}={value_label(v)}" for k, v in fixed.items())))
-    for label, key in (("config hash", "config_hash"), ("git commit", "git_commit"), ("device", "device"), ("seed", "seed")):
+    provenance = (("config hash", "config_hash"), ("git commit", "git_commit"), ("device", "device"), ("seed", "seed"))
+    for label, key in provenance:
         found = list(dict.fromkeys(str(r[key]) for r in rows if r.get(key) is not None))
         facts.append((label, ", ".join(found) if found else "not recorded"))
     versions: dict[str, list[str]] = {}

@@ -71,7 +71,8 @@ def _acc(record: dict[str, Any] | None) -> str:
 def _table(header: list[str], body: list[list[str]], css: str = "learning") -> str:
     head = "".join(f"<th>{h}</th>" for h in header)
     rows = "".join("<tr>" + "".join(body_row) + "</tr>" for body_row in body)
-    return f'<div class="table-wrap"><table class="{css}"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>'
+    return (f'<div class="table-wrap"><table class="{css}"><thead><tr>{head}</tr></thead>'
+            f"<tbody>{rows}</tbody></table></div>")
 
 
 def _grid(rows: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
@@ -128,7 +129,8 @@ def trained_sources_table(meta: dict[str, Any]) -> str:
     flagged = [n for n, r in records.items() if r.get("near_chance")]
     warn = (f'<p class="warn">Near chance on their own validation split, so left out of every reading below: '
             f"{esc(', '.join(flagged))}. Their rows still show (‡) but say nothing about transfer.</p>"
-            if flagged else '<p class="note">Every trained source is well above chance on its own validation split.</p>')
+            if flagged
+            else '<p class="note">Every trained source is well above chance on its own validation split.</p>')
     return ("<h3>Trained sources</h3>"
             '<p class="caption">Each source network trained by the study, at the snapshot used; source val acc = '
             "top-1 accuracy of its own classifier on the held-out val split of its source task(s) (never a target "
@@ -226,7 +228,8 @@ def source_task_table(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             "their union (Hybrid), and the object and scene features concatenated (Concat); columns are target "
             "tasks by distance, cells the test metric with its 95% interval; bold = best in the column. "
             + near + "</p>" + table
-            + f'<p class="reading"><strong>Reading:</strong> {esc(source_task_reading(dict(chosen), tasks, grid, records))}</p>')
+            + '<p class="reading"><strong>Reading:</strong> '
+            + f"{esc(source_task_reading(dict(chosen), tasks, grid, records))}</p>")
 
 
 def _distinct(a: dict[str, Any], b: dict[str, Any]) -> bool | None:
@@ -324,7 +327,8 @@ def early_stopping(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     for ax, task in zip(axes, tasks, strict=True):
         for i, (_key, names) in enumerate(sorted(families.items())):
             points = [(x, r, n) for n in names
-                      if (x := records.get(n, {}).get("val_accuracy")) is not None and (r := grid.get((n, task))) is not None]
+                      if (x := records.get(n, {}).get("val_accuracy")) is not None
+                      and (r := grid.get((n, task))) is not None]
             if not points:
                 continue
             xs = [100 * x for x, _, _ in points]

@@ -143,7 +143,8 @@ def load_trained_source(arg: str, weights: str | None = None) -> Source:
     meta_path = directory / "source.json"
     meta = read_json(meta_path)
     if meta is None:
-        raise TransferlabError(f"{meta_path} not found: {directory} is not a folder written by `transferlab train-source`")
+        raise TransferlabError(
+            f"{meta_path} not found: {directory} is not a folder written by `transferlab train-source`")
     try:
         spec = ArchSpec.from_dict(meta["architecture"])
         pre = Preprocessing.from_dict(meta["preprocessing"])
@@ -166,7 +167,8 @@ def load_trained_source(arg: str, weights: str | None = None) -> Source:
         path = directory / "model.safetensors"
     else:
         raise TransferlabError(
-            f"{directory} has no snapshot of epoch {epoch}; available: {_list_snapshots(directory, snapshots, final_epoch)}"
+            f"{directory} has no snapshot of epoch {epoch}; "
+            f"available: {_list_snapshots(directory, snapshots, final_epoch)}"
         )
     model = build_network(spec)
     fit_state_dict(model, load_state_dict_file(path), path)
