@@ -144,7 +144,8 @@ def main() -> int:
         for score, s in r["scores"].items():
             a = s["agreement"]
             print(f"  {score:<7} scoring all {s['seconds']:6.2f} s ({s['speedup_vs_probing']:5.1f}x faster); "
-                  f"Spearman {a['spearman']:+.2f} (p = {a['p_value']:.2g}); top-1 {'hit' if a['top1_hit'] else 'miss'}; "
+                  f"Spearman {a['spearman']:+.2f} (p = {a['p_value']:.2g}); "
+                  f"top-1 {'hit' if a['top1_hit'] else 'miss'}; "
                   f"top-3 overlap {a['top3_overlap']}/3; best by score: {s['best_by_score']['candidate']} "
                   f"(probe {s['best_by_score']['probe_value']:.4f}); best of its top 3 {a['confirmed_best']:.4f} "
                   f"(regret {a['regret']:.4f})")

@@ -51,7 +51,8 @@ def main() -> None:
     t_rerun, rerun = timed_study(sweep, work / "sweep", work / "store-sweep")
     result = {
         "task": args.task, "source": args.source,
-        "single_seconds": t_single, "single_seconds_before_after": [t_before, t_after], "sweep_seconds": t_sweep, "rerun_seconds": t_rerun,
+        "single_seconds": t_single, "single_seconds_before_after": [t_before, t_after],
+        "sweep_seconds": t_sweep, "rerun_seconds": t_rerun,
         "sweep_jobs": swept.new_results, "single_jobs": single.new_results,
         "images_forwarded": swept.forwarded_images,
         "sweep_over_single": t_sweep / t_single, "rerun_over_first": t_rerun / t_sweep,
@@ -60,7 +61,10 @@ def main() -> None:
     atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     print(f"{args.source} on {args.task}: {swept.forwarded_images} images forwarded once")
     print(f"  single configuration : {t_single:.1f} s (1 probe fit)")
-    print(f"  4x3x3 grid sweep     : {t_sweep:.1f} s ({swept.new_results} probe fits) = x{t_sweep / t_single:.2f} (target <= 1.3)")
+    print(
+        f"  4x3x3 grid sweep     : {t_sweep:.1f} s ({swept.new_results} probe fits) = "
+        f"x{t_sweep / t_single:.2f} (target <= 1.3)"
+    )
     print(f"  rerun of the sweep   : {t_rerun:.1f} s = {t_rerun / t_sweep:.1%} of the first run (target < 10%)")
 
 

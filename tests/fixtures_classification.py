@@ -14,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-REAL_ANNOTATIONS = Path(os.environ.get("TRANSFERLAB_ANNOTATIONS", Path(__file__).resolve().parents[2] / "shared" / "annotations"))
+REAL_ANNOTATIONS = Path(
+    os.environ.get("TRANSFERLAB_ANNOTATIONS", Path(__file__).resolve().parents[2] / "shared" / "annotations")
+)
 
 
 def _tiny_jpeg() -> bytes:

@@ -99,7 +99,9 @@ def test_constructors_store_arguments_and_fit_checks_them(digits):
 def test_set_params_changes_what_fit_uses(digits):
     X, y = digits
     assert PCA(dim=8).set_params(dim=4).fit(X).transform(X).shape == (len(X), 4)
-    assert PowerNormalize().set_params(alpha=1.0).fit_transform(np.array([[-4.0, 9.0]], np.float32)).tolist() == [[-4.0, 9.0]]
+    assert PowerNormalize().set_params(alpha=1.0).fit_transform(np.array([[-4.0, 9.0]], np.float32)).tolist() == [
+        [-4.0, 9.0]
+    ]
     pipe = Pipeline([("l2", L2Normalize()), ("probe", probe())]).set_params(probe__Cs=[1.0])
     assert pipe.fit(X, y).named_steps["probe"].selection_ == "none"
 
@@ -155,7 +157,9 @@ def test_a_pipeline_passes_the_validation_rows_through_its_steps(digits):
     fitted = pipe.named_steps["probe"]
     assert fitted.selection_ == "val" and fitted.C_ == by_hand.C_
     np.testing.assert_array_equal(fitted.coef_, by_hand.coef_)
-    np.testing.assert_array_equal(pipe.predict(X[1000:]), by_hand.predict(L2Normalize().transform(PowerNormalize().transform(X[1000:]))))
+    np.testing.assert_array_equal(
+        pipe.predict(X[1000:]), by_hand.predict(L2Normalize().transform(PowerNormalize().transform(X[1000:])))
+    )
 
 
 def test_nested_cross_validation_uses_inner_folds_and_a_fixed_split_is_refused(digits):

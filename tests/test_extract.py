@@ -56,7 +56,10 @@ def test_flip_view_equals_flipped_input(lite0, photo_dir, store, tmp_path):
     img.save(tmp_path / "square.png")
     img.transpose(Image.FLIP_LEFT_RIGHT).save(flipped)
     layers = lite0.resolve_layers([-1])
-    a = extract(lite0, make_split([tmp_path / "square.png"]), layers, ["avg"], views=["orig", "flip"], store=store, progress=False)
+    a = extract(
+        lite0, make_split([tmp_path / "square.png"]), layers, ["avg"], views=["orig", "flip"], store=store,
+        progress=False,
+    )
     b = extract(lite0, make_split([flipped]), layers, ["avg"], store=store, progress=False)
     assert np.allclose(a.get("features", "avg", "flip"), b.get("features", "avg"), atol=1e-4)
     assert not np.allclose(a.get("features", "avg", "orig"), b.get("features", "avg"), atol=1e-3)

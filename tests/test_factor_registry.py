@@ -95,7 +95,9 @@ def test_a_factor_registered_twice_is_an_error_naming_both():
                                                r"\('representation layer'\) and by .*test_factor_registry \('again'\)"):
         register_factor(Factor("layer", "again", "post-learning"))
     with pytest.raises(TransferlabError, match=r"config key factors\.pca_dims is registered twice"):
-        register_factor(Factor("pca2", "another PCA", "post-learning", config_key="pca_dims", default=0, value_type=int))
+        register_factor(
+            Factor("pca2", "another PCA", "post-learning", config_key="pca_dims", default=0, value_type=int)
+        )
     with pytest.raises(TransferlabError, match="built in"):
         unregister_factor("layer")
     assert get_factor("layer") is layer and "pca2" not in factor_order()

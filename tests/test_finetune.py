@@ -374,7 +374,10 @@ def test_cli_json_prints_metrics_and_configuration(digits, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--task", "digits", "--task", "fashion_mnist", "--root", "a", "--root", "b", "--root", "c"], "3 --root for 2 --task"),
+    (
+        ["--task", "digits", "--task", "fashion_mnist", "--root", "a", "--root", "b", "--root", "c"],
+        "3 --root for 2 --task",
+    ),
     (["--task", "digits", "--blocks", "top"], "--blocks must be 'all' or an integer"),
     (["--task", "digits", "--root", "{tmp}"], "takes no root"),
 ])

@@ -36,7 +36,9 @@ def test_auc_handles_ties_like_the_metric():
     labels, scores = _task(rng, multilabel=True)
     scores = np.round(scores, 0)  # many ties
     items = I.item_data("mean_auc", labels, scores)
-    assert I.point_value("mean_auc", items) == pytest.approx(evaluate_classification("mean_auc", labels, scores)["mean_auc"])
+    assert I.point_value("mean_auc", items) == pytest.approx(
+        evaluate_classification("mean_auc", labels, scores)["mean_auc"]
+    )
 
 
 def test_per_query_mean_skips_undefined_queries():

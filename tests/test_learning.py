@@ -109,7 +109,12 @@ def _config(**extra) -> StudyConfig:
         "train": [
             {"name": "object", "source_task": "fashion_mnist", "epochs": 2, "snapshots": [1],
              "options": {"quick": True, "batch_size": 16}, "finetune": True},
-            {"name": "scene", "source_task": "scene_categories", "epochs": 1, "options": {"quick": True, "batch_size": 16}},
+            {
+                "name": "scene",
+                "source_task": "scene_categories",
+                "epochs": 1,
+                "options": {"quick": True, "batch_size": 16},
+            },
         ],
         "execution": {"device": "cpu"},
     }
@@ -208,7 +213,9 @@ def _source_task_rows(object_scene: tuple[float, float], scene_scene: tuple[floa
 def test_source_task_table_reads_the_papers_pattern_when_it_shows_and_says_when_it_does_not():
     from transferlab.report.learning import learning_section
 
-    records = {n: {"val_accuracy": 0.8, "near_chance": False, "images": 1000} for n in ("object@4", "scene@4", "hybrid@4")}
+    records = {
+        n: {"val_accuracy": 0.8, "near_chance": False, "images": 1000} for n in ("object@4", "scene@4", "hybrid@4")
+    }
     shows = learning_section(_source_task_rows((0.85, 0.4), (0.6, 0.9)), _meta(records))
     assert "Source task" in shows and "85.0 [80.0, 90.0]" in shows
     assert "the paper&#x27;s pattern shows" in shows and "Hybrid keeps most of both" in shows

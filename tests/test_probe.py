@@ -52,7 +52,8 @@ def svm_objective(W, b, X, Y, C, weights=None):
     X = X.astype(np.float64)
     margins = np.maximum(0.0, 1.0 - Y * (X @ np.asarray(W, np.float64).T + b))
     s = np.ones_like(Y) if weights is None else weights
-    return 0.5 * (np.asarray(W, np.float64) ** 2).sum(1) + 0.5 * np.asarray(b, np.float64) ** 2 + C * (s * margins**2).sum(0)
+    return (0.5 * (np.asarray(W, np.float64) ** 2).sum(1) + 0.5 * np.asarray(b, np.float64) ** 2
+            + C * (s * margins**2).sum(0))
 
 
 def logistic_objective(W, b, X, Y, C):
@@ -149,7 +150,9 @@ def test_row_space_reduction_is_exact_for_the_logistic_loss_with_a_free_bias(wid
     W = np.stack([est.coef_[0] for est in ref.estimators_])
     b = np.array([est.intercept_[0] for est in ref.estimators_])
     Y = one_vs_rest(ytr, probe.classes_)
-    assert np.all(logistic_objective(probe.coef_, probe.intercept_, Xtr, Y, C) <= logistic_objective(W, b, Xtr, Y, C) * (1 + 1e-5))
+    assert np.all(
+        logistic_objective(probe.coef_, probe.intercept_, Xtr, Y, C) <= logistic_objective(W, b, Xtr, Y, C) * (1 + 1e-5)
+    )
     np.testing.assert_allclose(probe.intercept_, b, atol=5e-3 * max(1.0, np.abs(b).max()))
     assert abs(probe.score(Xte, yte) - ref.score(Xte, yte)) <= 0.005
 

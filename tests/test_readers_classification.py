@@ -425,7 +425,13 @@ def test_missing_dataset_folder_says_what_was_looked_for(tmp_path):
         ("cub", fx.make_cub, "CUB_200_2011/image_class_labels.txt", "3 two", 3),
         ("apascal", fx.make_apascal, "attribute_data/apascal_train.txt", "2008_000008.jpg horse 1 2 3", 2),
         ("h3d", fx.make_h3d, "attributes_dataset/test/labels.txt", "00003.jpg 1 2 3 4 1 1 1 1 1 1 1 1 7", 1),
-        ("voc2012_actions", fx.make_voc2012_actions, "VOCdevkit/VOC2012/ImageSets/Action/reading_val.txt", "2010_000003 one 1", 1),
+        (
+            "voc2012_actions",
+            fx.make_voc2012_actions,
+            "VOCdevkit/VOC2012/ImageSets/Action/reading_val.txt",
+            "2010_000003 one 1",
+            1,
+        ),
         ("stanford40", fx.make_stanford40, "ImageSplits/applauding_test.txt", "two names.jpg", 1),
         ("sun397", fx.make_sun397, "Partitions/Testing_01.txt", "abbey/sun_x.jpg", 2),
     ],
@@ -529,12 +535,44 @@ def test_object_index_beyond_annotation_is_reported(tmp_path):
 @pytest.mark.parametrize(
     ("name", "make", "damage", "message"),
     [
-        ("cub", fx.make_cub, lambda r: fx.write_lines(r / "CUB_200_2011/classes.txt", ["1 001.Black_footed_Albatross", "2 002.Laysan_Albatross", "3 003.Sooty_Albatross"]), r"class 003\.Sooty_Albatross has no train image"),
+        (
+            "cub",
+            fx.make_cub,
+            lambda r: fx.write_lines(
+                r / "CUB_200_2011/classes.txt",
+                ["1 001.Black_footed_Albatross", "2 002.Laysan_Albatross", "3 003.Sooty_Albatross"],
+            ),
+            r"class 003\.Sooty_Albatross has no train image",
+        ),
         ("flowers", None, None, r"setid\.mat \[valid\]: class 3 has no image in val"),
-        ("sun397", fx.make_sun397, lambda r: fx.write_lines(r / "Partitions/ClassName.txt", [*fx.SUN397_CLASSES, "/z/zoo"]), r"class /z/zoo has no image"),
-        ("voc2007", fx.make_voc2007, lambda r: fx.write_lines(r / "VOCdevkit/VOC2007/ImageSets/Main/cow_test.txt", ["000005 -1", "000006 -1", "000007 -1"]), r"class cow has no positive image in test"),
-        ("stanford40", fx.make_stanford40, lambda r: fx.write_lines(r / "ImageSplits/brushing_teeth_test.txt", []), r"action brushing_teeth has no test image"),
-        ("pets", fx.make_pets, lambda r: fx.write_lines(r / "annotations/test.txt", [line for line in fx.pets_lists()["test.txt"] if " 5 " not in line]), r"class id 5 has no image"),
+        (
+            "sun397",
+            fx.make_sun397,
+            lambda r: fx.write_lines(r / "Partitions/ClassName.txt", [*fx.SUN397_CLASSES, "/z/zoo"]),
+            r"class /z/zoo has no image",
+        ),
+        (
+            "voc2007",
+            fx.make_voc2007,
+            lambda r: fx.write_lines(
+                r / "VOCdevkit/VOC2007/ImageSets/Main/cow_test.txt", ["000005 -1", "000006 -1", "000007 -1"]
+            ),
+            r"class cow has no positive image in test",
+        ),
+        (
+            "stanford40",
+            fx.make_stanford40,
+            lambda r: fx.write_lines(r / "ImageSplits/brushing_teeth_test.txt", []),
+            r"action brushing_teeth has no test image",
+        ),
+        (
+            "pets",
+            fx.make_pets,
+            lambda r: fx.write_lines(
+                r / "annotations/test.txt", [line for line in fx.pets_lists()["test.txt"] if " 5 " not in line]
+            ),
+            r"class id 5 has no image",
+        ),
     ],
 )  # fmt: skip
 def test_class_with_no_images(tmp_path, name, make, damage, message):

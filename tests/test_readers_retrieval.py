@@ -28,7 +28,9 @@ from transferlab.data.readers.ukbench import read_ukbench
 from transferlab.data.tasks import TASKS, load_task
 from transferlab.errors import AnnotationError, TransferlabError
 
-ANNOTATIONS = Path(os.environ.get("TRANSFERLAB_ANNOTATIONS", Path(__file__).resolve().parents[2] / "shared" / "annotations"))
+ANNOTATIONS = Path(
+    os.environ.get("TRANSFERLAB_ANNOTATIONS", Path(__file__).resolve().parents[2] / "shared" / "annotations")
+)
 needs_real = pytest.mark.skipif(not ANNOTATIONS.is_dir(), reason=f"real annotation files not at {ANNOTATIONS}")
 
 
@@ -366,7 +368,10 @@ def test_sculptures6k_fixture_split(tmp_path):
     base = tmp_path / "sculptures6k"
     write_images(base / "test", ["Rodin_Thinker_0001", "Rodin_Thinker_0002", "Henry_Moore_Arch_0003"])
     write_images(base / "train", ["Rodin_Thinker_0100", "Rodin_Thinker_0101"])
-    for split, query, ok in (("test", "Rodin_Thinker_0001", "Rodin_Thinker_0002"), ("train", "Rodin_Thinker_0100", "Rodin_Thinker_0101")):
+    for split, query, ok in (
+        ("test", "Rodin_Thinker_0001", "Rodin_Thinker_0002"),
+        ("train", "Rodin_Thinker_0100", "Rodin_Thinker_0101"),
+    ):
         gt = tmp_path / f"gt_{split}"
         write(gt / "thinker_1_query.txt", f"{query} 1 2 30 40\n")
         write(gt / "thinker_1_good.txt", f"{query}\n")
@@ -427,7 +432,12 @@ def test_roxford5k_fixture(tmp_path):
 
 def test_revisited_accepts_numpy_arrays(tmp_path):
     cfg = revisited_cfg()
-    cfg["gnd"][0] = {"bbx": np.array([1.0, 2.0, 3.0, 4.0]), "easy": np.array([1]), "hard": np.array([2], dtype=np.int32), "junk": np.zeros(0, dtype=np.int64)}
+    cfg["gnd"][0] = {
+        "bbx": np.array([1.0, 2.0, 3.0, 4.0]),
+        "easy": np.array([1]),
+        "hard": np.array([2], dtype=np.int32),
+        "junk": np.zeros(0, dtype=np.int64),
+    }
     roxford_fixture(tmp_path, cfg)
     a = read_roxford5k(tmp_path).queries[0]
     assert a.box == (1.0, 2.0, 3.0, 4.0) and a.positives.tolist() == [1, 2] and a.junk.tolist() == []
@@ -459,7 +469,9 @@ class _Exploit:
 def test_revisited_pickle_cannot_run_code(tmp_path):
     marker = tmp_path / "pwned"
     roxford_fixture(tmp_path, revisited_cfg(imlist=_Exploit(marker)))
-    with pytest.raises(AnnotationError, match=r"gnd_roxford5k\.pkl: not a safe ground-truth pickle \(refused to load global"):
+    with pytest.raises(
+        AnnotationError, match=r"gnd_roxford5k\.pkl: not a safe ground-truth pickle \(refused to load global"
+    ):
         read_roxford5k(tmp_path)
     assert not marker.exists()
 

@@ -53,7 +53,11 @@ def test_round_trip_keeps_every_field_and_fills_provenance(tmp_path):
     )
     store.add(original)
     (got,) = store.rows()
-    assert got["job_key"] == original.job_key == job_key_of("trained:runs/x@5", "pets", {"layer": -2, "pooling": "max", "pca": 0, "width": "small"})
+    assert (
+        got["job_key"]
+        == original.job_key
+        == job_key_of("trained:runs/x@5", "pets", {"layer": -2, "pooling": "max", "pca": 0, "width": "small"})
+    )
     assert got["factors"] == {"layer": -2, "pooling": "max", "pca": 0, "width": "small"}
     assert (got["source"], got["task"], got["metric"], got["value"], got["standard"]) == (
         "trained:runs/x@5", "pets", "mean_class_accuracy", 0.8125, True,
@@ -77,7 +81,9 @@ def test_job_key_is_stable_and_depends_on_every_input():
     assert len({a, job_key_of("s2", "t", {"layer": -1, "pooling": "avg"}),
                 job_key_of("s", "t2", {"layer": -1, "pooling": "avg"}),
                 job_key_of("s", "t", {"layer": -2, "pooling": "avg"})}) == 4  # fmt: skip
-    assert row().job_key == job_key_of("efficientnet_lite0", "voc2007", {"layer": -1, "pooling": "avg", "normalisation": "l2"})
+    assert row().job_key == job_key_of(
+        "efficientnet_lite0", "voc2007", {"layer": -1, "pooling": "avg", "normalisation": "l2"}
+    )
 
 
 def test_same_job_key_replaces_the_row(tmp_path):
@@ -105,7 +111,9 @@ def test_failure_inside_add_many_leaves_nothing(tmp_path):
 
 def test_bad_rows_are_named(tmp_path):
     store = ResultStore(tmp_path)
-    with pytest.raises(TransferlabError, match=r"result row 1 \(efficientnet_lite0 on voc2007\): value 'high' is not a number"):
+    with pytest.raises(
+        TransferlabError, match=r"result row 1 \(efficientnet_lite0 on voc2007\): value 'high' is not a number"
+    ):
         store.add(row(value="high"))
     with pytest.raises(TransferlabError, match="task must be a non-empty string"):
         store.add(ResultRow("s", "", {}, "map", 0.1))

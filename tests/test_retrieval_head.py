@@ -461,7 +461,9 @@ def test_spatial_windows_geometry():
     assert spatial_windows((1, 2, 3, 4)).shape == (30, 4)
     # without overlap, level 2 is the four quadrants; level 1 is added first if absent
     quads = spatial_windows((2,), overlap=0.0)
-    np.testing.assert_allclose(quads, [[0, 0, 1, 1], [0, 0, 0.5, 0.5], [0.5, 0, 1, 0.5], [0, 0.5, 0.5, 1], [0.5, 0.5, 1, 1]])
+    np.testing.assert_allclose(
+        quads, [[0, 0, 1, 1], [0, 0, 0.5, 0.5], [0.5, 0, 1, 0.5], [0, 0.5, 0.5, 1], [0.5, 0.5, 1, 1]]
+    )
     with pytest.raises(TransferlabError):
         spatial_windows((1, 2), overlap=1.0)
     with pytest.raises(TransferlabError):

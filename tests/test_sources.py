@@ -65,7 +65,9 @@ def test_vector_layers_of_alexnet_family():
 
 def test_weights_file_with_wrapper_and_module_prefix(tmp_path):
     reference = load_source("timm:resnet18", "none")
-    state = {f"module.{k}": v.clone() + 1.0 if v.is_floating_point() else v for k, v in reference.model.state_dict().items()}
+    state = {
+        f"module.{k}": v.clone() + 1.0 if v.is_floating_point() else v for k, v in reference.model.state_dict().items()
+    }
     path = tmp_path / "places.pth.tar"
     torch.save({"epoch": 3, "state_dict": state}, path)
     loaded = load_source("timm:resnet18", str(path))

@@ -95,7 +95,9 @@ def test_plan_lists_every_problem_before_any_compute():
 
 
 def test_missing_task_root_is_caught_at_plan_time(tmp_path):
-    config = parse_config({"sources": ["efficientnet_lite0"], "tasks": [{"name": "cub", "root": str(tmp_path / "nope")}]})
+    config = parse_config(
+        {"sources": ["efficientnet_lite0"], "tasks": [{"name": "cub", "root": str(tmp_path / "nope")}]}
+    )
     with pytest.raises(TransferlabError, match="tasks.cub: .*does not exist"):
         make_plan(config)
 

@@ -226,7 +226,11 @@ def test_divergence_keeps_the_last_good_snapshot(tmp_path, fashion):
     ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     ckpt["model"]["fc8.weight"][0, 0] = float("nan")
     torch.save(ckpt, tmp_path / "checkpoint.pt")
-    with pytest.raises(TransferlabError, match=rf"diverged at epoch 2, step \d+: loss nan; snapshots kept: trained:{tmp_path}@1; checkpoint.pt holds epoch 1"):
+    with pytest.raises(
+        TransferlabError,
+        match=rf"diverged at epoch 2, step \d+: loss nan; snapshots kept: trained:{tmp_path}@1; "
+        r"checkpoint.pt holds epoch 1",
+    ):
         train_source("alexnet", "tiny", [fashion], tmp_path, epochs=3, snapshots=[1, 2], **SMALL)
     assert not (tmp_path / "snapshots" / "epoch_002.safetensors").exists()
     kept = weights(tmp_path / "snapshots" / "epoch_001.safetensors")

@@ -125,7 +125,18 @@ def test_pooling_registry_answers_kinds_sizes_and_fineness():
     assert get_pooling("cls+avg").width == 2 and get_pooling("grid3").width == 9
     assert pooling_fineness("grid2") == 2 and pooling_fineness("cls") == 1 and pooling_fineness("rmac") == 3
     assert get_pooling("grid5").width == 25 and pooling_fineness("grid5") == 5
-    assert set(POOLING_REGISTRY) >= {"avg", "max", "gem", "grid1", "grid2", "grid3", "rmac", "windows", "cls", "cls+avg"}
+    assert set(POOLING_REGISTRY) >= {
+        "avg",
+        "max",
+        "gem",
+        "grid1",
+        "grid2",
+        "grid3",
+        "rmac",
+        "windows",
+        "cls",
+        "cls+avg",
+    }
     with pytest.raises(TransferlabError, match=r"layer layer4 of swin cannot give pooling 'cls'.*feature map"):
         check_pooling(fmap, "cls", "swin")
     with pytest.raises(TransferlabError, match="no class token"):
