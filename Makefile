@@ -26,13 +26,13 @@ setup: $(STAMP) datasets
 demo: setup
 	$(BIN)/transferlab demo
 
-test: setup typecheck
+test: setup typecheck lint
 	$(BIN)/python -m pytest -q
 
 typecheck: setup  # mypy on the whole package ([tool.mypy] in pyproject.toml), ~25 s cold
 	$(BIN)/python -m mypy
 
-lint: setup
+lint: setup  # ruff: pyflakes, pycodestyle (lines <= 120 columns), isort, bugbear, pyupgrade
 	$(BIN)/ruff check transferlab tests benchmarks
 
 bench: setup
