@@ -333,3 +333,14 @@ def test_os_errors_name_the_path_and_what_to_do(exc, fragments):
     assert status == 2 and "\n" not in message
     for fragment in fragments:
         assert fragment in message, message
+
+
+def test_python_dash_m_runs_the_same_cli(tmp_path):
+    """`python -m transferlab` is the CLI: same help, and a bad command is the same one-line error."""
+    import sys
+
+    ok = subprocess.run([sys.executable, "-m", "transferlab", "tasks", "--help"], capture_output=True, text=True)
+    assert ok.returncode == 0 and "usage: transferlab tasks" in ok.stdout
+    bad = subprocess.run([sys.executable, "-m", "transferlab", "probe", "--pool", "grid0", "--task", "digits"],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr and "grid0" in bad.stderr
