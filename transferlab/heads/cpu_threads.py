@@ -13,6 +13,8 @@ import torch
 # that per-op threading overhead outweighs the gain even on an idle machine.
 SMALL_PROBLEM = 1 << 17
 
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
 
 def default_threads() -> int:
     """As many torch threads as the machine has idle cores right now (at least one).
@@ -35,16 +37,21 @@ def usable_cores() -> int:
 def idle_cores(window: float = 0.05) -> float:
     """Cores left idle by every other process, measured over ``window`` seconds.
 
-    Linux: the idle share of ``/proc/stat``'s CPU time across the window (this process sleeps
-    meanwhile, so it counts itself as idle). Elsewhere: usable cores minus the 1-minute load.
+    Linux: the idle share of ``/proc/stat``'s CPU time across the window, this process's own
+    CPU time counted as idle (it sleeps meanwhile, but its thread pools may still spin).
+    Elsewhere: usable cores minus the 1-minute load.
     """
-    def sample() -> tuple[int, int] | None:
+    def sample() -> tuple[float, int] | None:
         try:
             with open("/proc/stat") as handle:
                 fields = [int(v) for v in handle.readline().split()[1:]]
         except (OSError, ValueError):
             return None
-        return fields[3] + (fields[4] if len(fields) > 4 else 0), sum(fields)  # idle + iowait, total
+        # idle + iowait, plus this process's own CPU time (torch's OpenMP workers keep spinning
+        # for a while after a parallel region; counted as load, they made a fit right after
+        # another one measure a busy core and run on one thread), and the total, in clock ticks
+        own = time.process_time() * _TICKS
+        return fields[3] + (fields[4] if len(fields) > 4 else 0) + own, sum(fields)
 
     cores = usable_cores()
     first = sample()
