@@ -17,6 +17,7 @@ the two sides alternates from cell to cell (ABBA), as the machine may be shared.
     .venv/bin/python benchmarks/bench_probe.py --full     # n {500,2000,8000} x d {192,1280,4096} x {10,100}
     .venv/bin/python benchmarks/bench_probe.py --cells 2000x4096x100,500x1280x10
     .venv/bin/python benchmarks/bench_probe.py --scaling  # per-row cost at three n (one d, classes)
+    .venv/bin/python benchmarks/bench_probe.py --matmul   # X~ V layouts for thin V (Design.margins)
 
 Writes benchmarks/results/probe.json (``--out``), merging cells measured by earlier runs.
 """
@@ -39,7 +40,7 @@ from sklearn.svm import LinearSVC
 
 from transferlab.atomic import atomic_write_text
 from transferlab.features.postprocess import build_postprocess
-from transferlab.heads.cpu_threads import idle_cores
+from transferlab.heads.cpu_threads import idle_cores, torch_threads
 from transferlab.heads.probe import LinearProbe, stack_validation
 
 RESULTS = Path(__file__).resolve().parent / "results" / "probe.json"
@@ -155,6 +156,32 @@ def scaling(d: int, k: int, sizes=(2000, 4000, 8000)) -> list[dict]:
     return rows
 
 
+def matmul_layouts(shapes=((625, 193), (2500, 1281)), widths=(1, 3, 5, 8, 16, 30, 100)) -> list[dict]:
+    """Microseconds of X~ V three ways, one thread, best of 5 x 50: why ``Design.margins``
+    reads a contiguous A^T for thin V (the transposed view is 4-8x slower at 2-7 columns)."""
+    rows = []
+    with torch_threads(1):
+        for n, p in shapes:
+            A = torch.randn(n, p)
+            AT = A.T.contiguous()
+            for h in widths:
+                V = torch.randn(p, h)
+                ways = {"(V^T A^T)^T view": lambda A=A, V=V: (V.T @ A.T).T, "A V": lambda A=A, V=V: A @ V,
+                        "(V^T A^T)^T contiguous": lambda AT=AT, V=V: (V.T @ AT).T}
+                row = {"n": n, "p": p, "columns": h}
+                for name, fn in ways.items():
+                    best = math.inf
+                    for _ in range(5):
+                        start = time.perf_counter()
+                        for _ in range(50):
+                            fn()
+                        best = min(best, (time.perf_counter() - start) / 50)
+                    row[name] = round(best * 1e6, 1)
+                rows.append(row)
+                print("  " + "  ".join(f"{k} {v}" for k, v in row.items()), flush=True)
+    return rows
+
+
 def _baseline(pair: dict) -> dict:
     """The scikit-learn side of a measured pair (LinearSVC or OvR LogisticRegression)."""
     return next(v for key, v in pair.items() if key not in ("probe", "speedup"))
@@ -191,8 +218,12 @@ def main() -> int:
     parser.add_argument("--hinge-max", type=float, default=math.inf,
                         help="bound long runs: skip the squared-hinge pair (LinearSVC) where n*d*classes exceeds "
                              "this; the cell is recorded as not run [no bound]")
+    parser.add_argument("--matmul", action="store_true", help="only time the layouts of X~ V (thin V), nothing written")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    if args.matmul:
+        matmul_layouts()
+        return 0
     if args.full:
         cells = FULL
     elif args.cells or args.quick:

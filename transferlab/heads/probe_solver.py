@@ -13,6 +13,8 @@ import torch
 ROTATE_MAX_DIM = 2048
 # Size of the leading eigen-block whose Hessian is inverted exactly in the preconditioner.
 _BLOCK = 64
+# Products with at most this many head columns read A^T from a contiguous copy (``margins``).
+_THIN = 16
 
 
 class Design:
@@ -48,6 +50,7 @@ class Design:
         else:
             self.A = X
         self._A2: torch.Tensor | None = None
+        self._AT: torch.Tensor | None = None
 
     @property
     def A2(self) -> torch.Tensor:
@@ -58,14 +61,25 @@ class Design:
     def zeros(self, n_heads: int) -> torch.Tensor:
         return torch.zeros(self.A.shape[1] + (0 if self.rotated else 1), n_heads, device=self.A.device)
 
+    @property
+    def AT(self) -> torch.Tensor:
+        """A^T, contiguous (built on first use)."""
+        if self._AT is None:
+            self._AT = self.A.T.contiguous()
+        return self._AT
+
     def margins(self, V: torch.Tensor) -> torch.Tensor:
         """X~ V, shape (n, H).
 
-        Computed as (V^T A^T)^T: on CPU BLAS this is about twice as fast as A V for thin V.
+        Computed as (V^T A^T)^T, about twice as fast as A V for thin V on CPU BLAS. For 2-7
+        columns (CG and Newton drop finished heads, so many late products are that thin) BLAS
+        is 4-8x slower on the transposed view of A than on a contiguous copy of A^T, so up to
+        ``_THIN`` columns read the copy (benchmarks/bench_probe.py --matmul).
         """
-        if self.rotated:
-            return (V.T @ self.A.T).T
-        return (V[:-1].T @ self.A.T).T + V[-1]
+        W = V if self.rotated else V[:-1]
+        AT = self.AT if V.shape[1] <= _THIN else self.A.T
+        out = (W.T @ AT).T
+        return out if self.rotated else out + V[-1]
 
     def back(self, U: torch.Tensor, A: torch.Tensor | None = None) -> torch.Tensor:
         """X~^T U for U of shape (n, H)."""
@@ -84,6 +98,12 @@ class Design:
         out[-1] *= self.reg_bias
         return out
 
+    def hessian_product(self, V: torch.Tensor, C: float, loss_part: torch.Tensor) -> torch.Tensor:
+        """R V + C * loss_part (one op when R is the identity)."""
+        if self.reg_bias == 1.0:
+            return torch.add(V, loss_part, alpha=C)
+        return self.reg(V) + C * loss_part
+
     def reg_diag(self) -> torch.Tensor:
         diag = torch.ones(self.zeros(1).shape[0], device=self.A.device)
         if self.rotated:
@@ -98,20 +118,23 @@ class Design:
             V = torch.cat([self.span_basis @ V[:-1], V[-1:]])
         return V
 
-    def preconditioner(self, C: float, curv: torch.Tensor, chol: torch.Tensor | None = None) -> Preconditioner:
+    def preconditioner(self, C: float, curv: torch.Tensor, block: torch.Tensor | None = None) -> Preconditioner:
         """M^-1 for every head: diag of its Hessian, plus (rotated) its exact leading block.
 
-        ``chol``: a block factor built earlier for these heads at this C (an older iterate's
-        curvature): still a symmetric positive definite preconditioner, so CG stays exact, and
-        the block's n r^2 cost per head is paid once per C instead of once per Newton step.
+        ``block``: the inverse leading blocks built earlier for these heads at this C (an older
+        iterate's curvature): still a symmetric positive definite preconditioner, so CG stays
+        exact, and the block's n r^2 cost per head is paid once per C, not once per Newton step.
+        The inverse is formed once from the block's Cholesky factor, in float64: CG applies it
+        several times per Newton step, and one batched matmul is about twice as fast as a
+        triangular solve pair at these sizes.
         """
         diag = self.reg_diag()[:, None] + C * self.back(curv, self.A2)
         if not self.rotated:
             # LIBLINEAR's mixed preconditioner (Hsia, Chiang & Lin 2018): robust in any basis.
             return Preconditioner((0.99 + 0.01 * diag).clamp_(min=1e-12))
         diag = diag.clamp_(min=1e-12)
-        if chol is not None:
-            return Preconditioner(diag, chol)
+        if block is not None:
+            return Preconditioner(diag, block)
         r = min(_BLOCK, diag.shape[0])
         Ar = self.A[:, :r]
         reg_block = torch.eye(r, device=Ar.device)
@@ -126,23 +149,25 @@ class Design:
         chol, info = torch.linalg.cholesky_ex(blocks)
         if bool((info != 0).any()):  # numerically indefinite block: keep the diagonal only
             return Preconditioner(diag)
-        return Preconditioner(diag, chol)
+        return Preconditioner(diag, torch.cholesky_inverse(chol.double()).to(chol.dtype))
 
 
 class Preconditioner:
-    """Applies M^-1 column by column: a diagonal, with an optional exact leading block."""
+    """Applies M^-1 column by column: a diagonal, with an optional exact leading block (its inverse)."""
 
-    def __init__(self, diag: torch.Tensor, chol: torch.Tensor | None = None):
-        self.diag, self.chol = diag, chol
+    def __init__(self, diag: torch.Tensor, inverse: torch.Tensor | None = None):
+        self.diag, self.inverse = diag, inverse
 
-    def __call__(self, R: torch.Tensor, cols: torch.Tensor | None = None) -> torch.Tensor:
-        diag = self.diag if cols is None else self.diag[:, cols]
-        out = R / diag
-        if self.chol is not None:
-            chol = self.chol if cols is None else self.chol[cols]
-            r = chol.shape[-1]
-            out[:r] = torch.cholesky_solve(R[:r].T.unsqueeze(-1), chol).squeeze(-1).T
+    def __call__(self, R: torch.Tensor) -> torch.Tensor:
+        out = R / self.diag
+        if self.inverse is not None:
+            r = self.inverse.shape[-1]
+            out[:r] = torch.bmm(self.inverse, R[:r].T.unsqueeze(-1)).squeeze(-1).T
         return out
+
+    def subset(self, cols: torch.Tensor) -> Preconditioner:
+        """The preconditioner of the heads ``cols`` only."""
+        return Preconditioner(self.diag[:, cols], None if self.inverse is None else self.inverse[cols])
 
 
 class Heads:
@@ -155,17 +180,21 @@ class Heads:
     def __init__(self, design: Design, Y: torch.Tensor, S: torch.Tensor, loss: str):
         self.design, self.Y, self.S, self.loss = design, Y, S, loss
 
-    def loss_terms(self, z: torch.Tensor, Y: torch.Tensor, S: torch.Tensor, need_curv: bool = True):
-        """Per-head loss sums (float64), d loss / d z and the curvature weights D."""
+    def loss_terms(self, z: torch.Tensor, Y: torch.Tensor, S: torch.Tensor, need_curv: bool = True,
+                   need_total: bool = True):
+        """Per-head loss sums (float64; None unless ``need_total``), d loss / d z and the curvature weights D."""
+        total = None
         if self.loss == "squared_hinge":
-            m = (1.0 - Y * z).clamp_(min=0.0)
+            m = torch.addcmul(torch.ones_like(z), Y, z, value=-1.0).clamp_(min=0.0)
             sm = S * m
-            total = (sm * m).sum(0, dtype=torch.float64)
-            dz = -2.0 * Y * sm
-            curv = 2.0 * S * (m > 0) if need_curv else None
+            if need_total:
+                total = (sm * m).sum(0, dtype=torch.float64)
+            dz = (-2.0 * Y).mul_(sm)
+            curv = (2.0 * S).mul_(m > 0) if need_curv else None
         else:
             yz = Y * z
-            total = (S * torch.nn.functional.softplus(-yz)).sum(0, dtype=torch.float64)
+            if need_total:
+                total = (S * torch.nn.functional.softplus(-yz)).sum(0, dtype=torch.float64)
             sig = torch.sigmoid(-yz)
             dz = -Y * S * sig
             curv = S * sig * (1.0 - sig) if need_curv else None
@@ -173,7 +202,7 @@ class Heads:
 
     def g0_norm(self) -> torch.Tensor:
         """Gradient norm of each head at V = 0, divided by C (the scale of the stopping test)."""
-        _, dz, _ = self.loss_terms(torch.zeros_like(self.Y), self.Y, self.S, need_curv=False)
+        _, dz, _ = self.loss_terms(torch.zeros_like(self.Y), self.Y, self.S, need_curv=False, need_total=False)
         return torch.linalg.vector_norm(self.design.back(dz), dim=0)
 
 
@@ -207,24 +236,28 @@ def newton(
     f, g, curv = _objective(heads, V, z, C)
     active = torch.ones(V.shape[1], dtype=torch.bool, device=V.device)
     threshold = tol * C * g0_norm
-    block: torch.Tensor | None = None  # every head's leading-block factor, built at the first step
+    block: torch.Tensor | None = None  # every head's inverse leading block, built at the first step
     it = 0
     for it in range(1, max_iter + 1):  # noqa: B007 - the count is returned
         active &= torch.linalg.vector_norm(g, dim=0) > threshold
-        if not bool(active.any()):
+        n_active = int(active.sum())
+        if n_active == 0:
             return V, it - 1, 0
-        cols = torch.nonzero(active).squeeze(1)
-        Y, S = heads.Y[:, cols], heads.S[:, cols]
-        g_a, curv_a = g[:, cols], curv[:, cols]
+        # every head still running (the first steps, mostly): no gathers and scatters
+        cols = None if n_active == V.shape[1] else torch.nonzero(active).squeeze(1)
         if design.rotated and block is None:
-            first = design.preconditioner(C, curv)
-            block = first.chol
-        step, n_cg = _pcg(design, C, g_a, curv_a, max_cg, cg_tol, None if block is None else block[cols])
+            block = design.preconditioner(C, curv).inverse
+        if cols is None:
+            Y, S, g_a, curv_a, V_a, z_a, f_a, block_a = heads.Y, heads.S, g, curv, V, z, f, block
+        else:
+            Y, S = heads.Y[:, cols], heads.S[:, cols]
+            g_a, curv_a, V_a, z_a, f_a = g[:, cols], curv[:, cols], V[:, cols], z[:, cols], f[cols]
+            block_a = None if block is None else block[cols]
+        step, n_cg = _pcg(design, C, g_a, curv_a, max_cg, cg_tol, block_a)
         if stats is not None:
             stats["cg"] = stats.get("cg", 0) + n_cg
             stats["newton"] = stats.get("newton", 0) + 1
         Xp = design.margins(step)
-        V_a, z_a, f_a = V[:, cols], z[:, cols], f[cols]
         t = _line_search(heads, C, V_a, z_a, g_a, step, Xp, Y, S)
         V_new = V_a + t * step
         z_new = z_a + t * Xp
@@ -233,34 +266,38 @@ def newton(
         # means the head has reached what float32 arithmetic can resolve.
         decreased = f_new < f_a
         stalled = ~decreased | ((f_a - f_new) <= tol * f_new.abs())
-        V[:, cols] = torch.where(decreased, V_new, V_a)
-        z[:, cols] = torch.where(decreased, z_new, z_a)
-        f[cols] = torch.where(decreased, f_new, f_a)
-        g[:, cols] = torch.where(decreased, g_new, g_a)
-        curv[:, cols] = torch.where(decreased, curv_new, curv_a)
-        active[cols[stalled]] = False
+        kept = (torch.where(decreased, new, old) for new, old in
+                ((V_new, V_a), (z_new, z_a), (f_new, f_a), (g_new, g_a), (curv_new, curv_a)))
+        if cols is None:
+            V, z, f, g, curv = kept
+            active &= ~stalled
+        else:
+            for whole, part in zip((V, z, f, g, curv), kept, strict=True):
+                whole[..., cols] = part
+            active[cols[stalled]] = False
     unconverged = int((active & (torch.linalg.vector_norm(g, dim=0) > threshold)).sum())
     return V, it, unconverged
 
 
 def _pcg(
     design: Design, C: float, g: torch.Tensor, curv: torch.Tensor, max_cg: int, rel_tol: float,
-    chol: torch.Tensor | None = None,
+    block: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Solve (R + C X~^T D X~) p = -g for every column at once by preconditioned CG.
 
     Truncated (LIBLINEAR's rule): a column stops once its residual is ``rel_tol`` of ``|g|``.
     Finished columns are dropped from the matmuls once a quarter of them are done.
     """
-    precond = design.preconditioner(C, curv, chol)
+    precond = design.preconditioner(C, curv, block)
     p = torch.zeros_like(g)
     cols = torch.arange(g.shape[1], device=g.device)
     r = -g
     zr = precond(r)
     d = zr.clone()
-    rz = (r * zr).sum(0)
+    rz = torch.linalg.vecdot(r, zr, dim=0)
     stop = rel_tol * torch.linalg.vector_norm(g, dim=0)
     curv_c = curv
+    p_c = p  # the step restricted to the live columns (written back when columns drop)
     k = 0
     for k in range(max_cg):  # noqa: B007 - the count is returned
         live = torch.linalg.vector_norm(r, dim=0) > stop
@@ -268,19 +305,22 @@ def _pcg(
         if n_live == 0:
             break
         if n_live < 0.75 * len(cols):
+            if p_c is not p:
+                p[:, cols] = p_c
             keep = torch.nonzero(live).squeeze(1)
             cols, r, d, rz, stop, live = cols[keep], r[:, keep], d[:, keep], rz[keep], stop[keep], live[keep]
-            curv_c = curv[:, cols]
-        Hd = design.reg(d) + C * design.back(curv_c * design.margins(d))
-        dHd = (d * Hd).sum(0)
-        alpha = torch.where(live & (dHd > 0), rz / dHd.clamp(min=1e-30), torch.zeros_like(rz))
-        p.index_add_(1, cols, alpha * d)
-        r = r - alpha * Hd
-        zr = precond(r, cols)
-        rz_new = (r * zr).sum(0)
-        beta = torch.where(live, rz_new / rz.clamp(min=1e-30), torch.zeros_like(rz))
-        d = zr + beta * d
+            p_c, curv_c, precond = p[:, cols], curv[:, cols], precond.subset(keep)
+        Hd = design.hessian_product(d, C, design.back(curv_c * design.margins(d)))
+        dHd = torch.linalg.vecdot(d, Hd, dim=0)
+        alpha = torch.where(live & (dHd > 0), rz / dHd, 0.0)
+        p_c.addcmul_(d, alpha)
+        r.addcmul_(Hd, alpha, value=-1.0)
+        zr = precond(r)
+        rz_new = torch.linalg.vecdot(r, zr, dim=0)
+        d = torch.addcmul(zr, d, torch.where(live, rz_new / rz, 0.0))
         rz = rz_new
+    if p_c is not p:
+        p[:, cols] = p_c
     return p, k
 
 
@@ -300,11 +340,12 @@ def _line_search(heads, C, V, z, g, step, Xp, Y, S, max_steps: int = 20):
     lo = torch.zeros_like(vp)
     hi = torch.full_like(vp, float("inf"))
     done = slope0 >= 0  # not a descent direction (numerical noise): t is irrelevant
+    flat = 1e-4 * slope0.abs()
     for _ in range(max_steps):
-        _, dz, curv = heads.loss_terms(z + t.to(z.dtype) * Xp, Y, S)
-        d1 = vp + t * pp + C * (dz * Xp).sum(0, dtype=torch.float64)
-        d2 = pp + C * (curv * Xp2).sum(0, dtype=torch.float64)
-        done |= d1.abs() <= 1e-4 * slope0.abs()
+        _, dz, curv = heads.loss_terms(torch.addcmul(z, t.to(z.dtype), Xp), Y, S, need_total=False)
+        d1 = torch.addcmul(vp, t, pp).add_((dz * Xp).sum(0, dtype=torch.float64), alpha=C)
+        d2 = torch.add(pp, (curv * Xp2).sum(0, dtype=torch.float64), alpha=C)
+        done |= d1.abs() <= flat
         if bool(done.all()):
             break
         lo = torch.where(d1 < 0, t, lo)
