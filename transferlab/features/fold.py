@@ -24,9 +24,14 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-# Part of the FeatureStore's pixel/forward recipe, so rows from a folded forward (equal up to
-# float rounding) never mix with rows cached by an unfolded one.
-FOLD_RECIPE = "+bn-folded"
+from transferlab.features.conv_activation import fuse_conv_activations
+from transferlab.features.replace import replace_module
+from transferlab.features.same_padding import align_same_padding, alignable
+
+# Part of the FeatureStore's pixel/forward recipe, so rows from the rewritten forward (folded,
+# TF padding aligned, conv + activation fused: equal up to float rounding) never mix with rows
+# cached by an unfolded one or by an earlier set of rewrites.
+FOLD_RECIPE = "+bn-folded+fused"
 
 
 class _LeafBatchNormTracer(torch.fx.Tracer):
@@ -68,18 +73,23 @@ def foldable_pairs(model: nn.Module, keep: Iterable[str] = ()) -> list[tuple[str
 def fold_batchnorm(model: nn.Module, keep: Iterable[str] = ()) -> tuple[nn.Module, int]:
     """A copy of ``model`` (which must be in eval mode) with its foldable BatchNorms folded,
     and how many were. ``keep``: module names whose own outputs must stay as they are."""
+    folded, pairs = _fold(model, keep)
+    return folded, len(pairs)
+
+
+def _fold(model: nn.Module, keep: Iterable[str]) -> tuple[nn.Module, list[tuple[str, str]]]:
     if model.training:
         raise ValueError("fold_batchnorm: BatchNorm can only be folded for inference (model.eval())")
     pairs = foldable_pairs(model, keep)
     if not pairs:
-        return model, 0
+        return model, []
     folded = copy.deepcopy(model)
     modules = dict(folded.named_modules())
     for conv_name, bn_name in pairs:
         conv, bn = modules[conv_name], modules[bn_name]
         _fold_into(conv, bn)
-        _replace(folded, bn_name, _after_batchnorm(bn))
-    return folded, len(pairs)
+        replace_module(folded, bn_name, _after_batchnorm(bn))
+    return folded, pairs
 
 
 @torch.no_grad()
@@ -109,19 +119,15 @@ def _after_batchnorm(bn: nn.BatchNorm2d) -> nn.Module:
     return nn.Sequential(*(m for m in (drop, act) if m is not None))
 
 
-def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, module)
-
-
 _FOLDED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def folded_for_inference(model: nn.Module, keep: Iterable[str] = ()) -> nn.Module:
-    """``fold_batchnorm(model, keep)[0]``, remembered per model, layers kept and weights
-    version (an in-place update of any parameter or buffer, e.g. training, refolds), so
-    the splits of one task trace and copy the network once."""
+    """``fold_batchnorm(model, keep)[0]`` with TF-"same" convolutions done without their padding
+    copy (``features.same_padding``) and each folded convolution + ReLU / ReLU6 as one call
+    (``features.conv_activation``), remembered per model, layers kept and weights version
+    (an in-place update of any parameter or buffer, e.g. training, refolds), so the splits of
+    one task trace and copy the network once. Every rewrite is exact up to float rounding."""
     keep = frozenset(keep)
     tensors = [*model.parameters(), *model.buffers()]
     version = (keep, next(iter(tensors)).device.type if tensors else "cpu",
@@ -129,6 +135,11 @@ def folded_for_inference(model: nn.Module, keep: Iterable[str] = ()) -> nn.Modul
     cached = _FOLDED.get(model)
     if cached is not None and cached[0] == version:
         return cached[1]
-    folded, _ = fold_batchnorm(model, keep)
+    folded, pairs = _fold(model, keep)
+    if alignable(folded, keep):
+        if folded is model:  # nothing was folded: the caller's model is never changed
+            folded = copy.deepcopy(model)
+        align_same_padding(folded, keep)
+    fuse_conv_activations(folded, pairs)
     _FOLDED[model] = (version, folded)
     return folded
