@@ -344,3 +344,23 @@ def test_python_dash_m_runs_the_same_cli(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "transferlab", "probe", "--pool", "grid0", "--task", "digits"],
                          capture_output=True, text=True, cwd=tmp_path)
     assert bad.returncode != 0 and "Traceback" not in bad.stderr and "grid0" in bad.stderr
+
+
+def test_quick_exit_keeps_output_status_and_atexit_handlers(tmp_path):
+    """The console entry ends with os._exit (skipping Python's module teardown): everything
+    printed still arrives through a pipe, the status is the command's, atexit handlers ran."""
+    import json
+    import sys
+
+    marker = tmp_path / "atexit-ran"
+    code = ("import atexit, pathlib, sys; "
+            f"atexit.register(lambda: pathlib.Path({str(marker)!r}).write_text('yes')); "
+            "sys.argv = ['transferlab', 'sources', '--json']; "
+            "from transferlab.cli import entry; entry()")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["builtin"]  # the whole document, flushed before the exit
+    assert marker.read_text() == "yes"
+    bad = subprocess.run([sys.executable, "-m", "transferlab", "probe", "--source", "nope", "--task", "digits"],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert bad.returncode == 2 and "unknown source 'nope'" in bad.stderr
