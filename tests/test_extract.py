@@ -32,6 +32,28 @@ def test_top_avg_equals_timm_pre_logits(lite0, photo_dir, store):
     assert np.allclose(feats.get("features", "avg"), reference.numpy(), atol=1e-4)
 
 
+def test_default_batch_is_small_on_the_cpu_and_results_do_not_depend_on_it(lite0, photo_dir, tmp_path, monkeypatch):
+    from transferlab.features.speed import CPU_BATCH, GPU_BATCH, default_batch_size
+    from transferlab.study.config import Execution
+
+    assert default_batch_size(torch.device("cpu")) == CPU_BATCH < GPU_BATCH == default_batch_size(torch.device("cuda"))
+    assert Execution().batch_size is None  # a study takes the device's default
+    paths = sorted(photo_dir.glob("*.jpg"))
+    split = make_split(paths * 2)  # 10 images: two batches of the CPU default
+    calls = []
+    original = lite0.forward_features
+    monkeypatch.setattr(lite0, "forward_features", lambda m, x: calls.append(len(x)) or original(m, x))
+    layers = lite0.resolve_layers([-1, -3])
+    auto = extract(lite0, split, layers, ["avg", "grid2"], store=FeatureStore(tmp_path / "a"), progress=False,
+                   device="cpu")
+    assert calls == [CPU_BATCH, len(split) - CPU_BATCH]
+    whole = extract(lite0, split, layers, ["avg", "grid2"], store=FeatureStore(tmp_path / "b"), progress=False,
+                    device="cpu", batch_size=len(split))
+    for layer in layers:
+        for pooling in ("avg", "grid2"):
+            np.testing.assert_allclose(auto.get(layer, pooling), whole.get(layer, pooling), atol=1e-4, rtol=0)
+
+
 def test_one_forward_per_batch_for_all_layers_and_poolings(lite0, photo_dir, store, monkeypatch):
     calls = []
     original = lite0.forward_features

@@ -90,7 +90,7 @@ def extract(
     views: Sequence[str] = ("orig",),
     store: FeatureStore | None = None,
     device: str = "auto",
-    batch_size: int = 32,
+    batch_size: int | None = None,
     num_workers: int | None = None,
     on_bad_image: str = "error",
     progress: bool = True,
@@ -106,7 +106,8 @@ def extract(
     ``compile_model`` runs the one-pass forward through ``torch.compile`` (``CompiledForward``);
     None decides by the number of images (``features.speed.compile_pays``). ``fold_bn`` folds
     BatchNorms into their convolutions for the forward (``features.fold``), keyed apart.
-    ``shards``: forward only these shards (one unit of work of a distributed executor)."""
+    ``shards``: forward only these shards (one unit of work of a distributed executor).
+    ``batch_size`` None: ``features.speed.default_batch_size`` (6 on the CPU, 32 on a GPU)."""
     store = store or FeatureStore()
     poolings = [validate_pooling(p) for p in poolings]
     for view in views:
@@ -116,6 +117,10 @@ def extract(
         raise TransferlabError("--on-bad-image must be 'error' or 'skip'")
     if len(split) == 0:
         raise TransferlabError(f"split {split.name} has no images")
+    if batch_size is None:
+        from transferlab.features.speed import default_batch_size
+
+        batch_size = default_batch_size(resolve_device(device))
     if batch_size < 1:
         raise TransferlabError(f"batch size must be >= 1, got {batch_size}")
     windows = default_windows()

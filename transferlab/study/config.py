@@ -188,7 +188,7 @@ attach_check("pooling", _check_pooling)
 
 
 class Execution(_Strict):
-    batch_size: PositiveInt = 32
+    batch_size: PositiveInt | None = None  # None: features.speed.default_batch_size (6 CPU, 32 GPU)
     device: str = "auto"
     seed: NonNegativeInt = 0
     on_bad_image: Literal["error", "skip"] = "error"

@@ -147,8 +147,8 @@ def agreement(scores: Sequence[float], values: Sequence[float],
 
 def extract_sources(
     task: TaskData, sources: Sequence[str], layers: Sequence[int | str], poolings: Sequence[str], *,
-    weights: str | None = None, resolution: int | None = None, store=None, device: str = "auto", batch_size: int = 32,
-    num_workers: int | None = None, on_bad_image: str = "error", progress: bool = False,
+    weights: str | None = None, resolution: int | None = None, store=None, device: str = "auto",
+    batch_size: int | None = None, num_workers: int | None = None, on_bad_image: str = "error", progress: bool = False,
     jpeg_draft: bool = False, compile_model: bool = False,
 ) -> tuple[dict[str, FeatureHandle], int, list[str]]:
     """One forward pass per source network over every split (all layers and poolings at once),
