@@ -202,7 +202,7 @@ def test_ray_executor_gives_the_same_results(finished_run, tmp_path):
 
 def test_killed_study_resumes_without_losing_results(tmp_path):
     config = tiny_config(tasks=["digits"], factors={"layers": [-1, -2, -3], "pooling": ["avg", "max"],
-                                                      "pca_dims": [0, 8, 16, 32]})
+                                                      "pca_dims": [0, 4, 8, 12, 16, 24, 32]})
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(config))
     run_dir = tmp_path / "run"
@@ -222,11 +222,12 @@ def test_killed_study_resumes_without_losing_results(tmp_path):
                 committed = 0
             if committed >= 2:
                 break
-        time.sleep(0.2)
+        time.sleep(0.01)  # the whole study takes ~2 s after start-up: poll often enough to kill it midway
     if proc.poll() is None:
         proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert committed >= 2, "the study did not commit results before the kill"
+    assert proc.returncode == -signal.SIGKILL, "the study finished before it could be killed"
     kept = {r["job_key"] for r in ResultStore(run_dir).rows()}
     assert len(kept) >= committed
     resumed = run_study(parse_config(config), run_dir, progress=False)
@@ -234,7 +235,7 @@ def test_killed_study_resumes_without_losing_results(tmp_path):
     assert kept <= {r["job_key"] for r in rows}
     assert resumed.skipped >= len(kept) - 1  # the optimal row is computed after the sweep
     assert resumed.forwarded_images == 0  # the killed run had finished the forward pass
-    assert len([r for r in rows if r["factors"]["sweep"] == "sweep"]) == 1 + 2 + 1 + 3
+    assert len([r for r in rows if r["factors"]["sweep"] == "sweep"]) == 1 + 2 + 1 + 6
 
 
 def test_finetune_factor_trains_once_and_extracts_the_tuned_network(tmp_path):

@@ -54,8 +54,8 @@ def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
                    help="decode large JPEGs at 1/2-1/8 scale, never below the resize target: several "
                         "times faster on big photos, pixels ~1/255 off a full decode (stored apart)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile the forward pass: ~40 s to compile (cached on disk), then ~1.3-1.5x "
-                        "faster on the CPU [auto: on the CPU from ~6,700 images x views; --no-compile: never]")
+                   help="torch.compile the forward pass: ~40 s to compile (cached on disk); on 2 CPU cores it "
+                        "measured no faster than the default eager forward [auto: eager; --no-compile: never]")
 
 
 def add_resolution_argument(p: argparse.ArgumentParser) -> None:
