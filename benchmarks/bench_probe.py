@@ -19,7 +19,10 @@ the two sides alternates from cell to cell (ABBA), as the machine may be shared.
     .venv/bin/python benchmarks/bench_probe.py --scaling  # per-row cost at three n (one d, classes)
     .venv/bin/python benchmarks/bench_probe.py --matmul   # X~ V layouts for thin V (Design.margins)
 
-Writes benchmarks/results/probe.json (``--out``), merging cells measured by earlier runs.
+Cells run smallest first (n * d * classes) and the results file is rewritten after each one, so an
+interrupted run keeps what it measured and a rerun with ``--cells`` adds the rest.
+Writes benchmarks/results/probe_matrix.json (``--out``), merging cells measured by earlier runs
+(benchmarks/results/probe.json is the older 10k x 1280 measurement quoted in the README).
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from transferlab.features.postprocess import build_postprocess
 from transferlab.heads.cpu_threads import idle_cores, torch_threads
 from transferlab.heads.probe import LinearProbe, stack_validation
 
-RESULTS = Path(__file__).resolve().parent / "results" / "probe.json"
+RESULTS = Path(__file__).resolve().parent / "results" / "probe_matrix.json"
 CS = np.logspace(-2, 2, 7)
 FULL = [(n, d, k) for n in (500, 2000, 8000) for d in (192, 1280, 4096) for k in (10, 100)]
 SUBSET = [(500, 192, 10), (500, 1280, 10), (500, 4096, 100), (2000, 1280, 10), (2000, 4096, 100),
@@ -232,26 +235,34 @@ def main() -> int:
         cells = [] if args.scaling else SUBSET  # --scaling alone: only the per-row cost
     previous = json.loads(args.out.read_text()) if args.out.exists() and not args.quick else {}
     measured = {(c["n"], c["d"], c["classes"]): c for c in previous.get("cells", []) if "n" in c}
-    for index, (n, d, k) in enumerate(cells):
-        logistic_max = args.logistic_max if args.logistic_max is not None else (math.inf if args.full else 3e7)
+    command = previous.get("command") if not cells else "python benchmarks/bench_probe.py " + (
+        "--full" if args.full else f"--cells {','.join('x'.join(map(str, c)) for c in cells)}")
+
+    def report() -> dict:
+        ordered = [measured[key] for key in sorted(measured)]
+        return {
+            "command": command,
+            "Cs": [float(c) for c in CS],
+            "selection": "accuracy on the validation split (n/4 rows), first maximum; refit on train + val",
+            "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
+                        "note": "2-core development machine; load and idle cores are recorded per cell"},
+            "cells": ordered,
+            "summary": summary(ordered),
+            "scaling": scaled if scaled is not None else previous.get("scaling"),
+        }
+
+    scaled = None
+    logistic_max = args.logistic_max if args.logistic_max is not None else (math.inf if args.full else 3e7)
+    for index, (n, d, k) in enumerate(sorted(cells, key=math.prod)):
         measured[(n, d, k)] = measure_cell(n, d, k, index, logistic_max, args.hinge_max)
-    ordered = [measured[key] for key in sorted(measured)]
-    report = {
-        "command": previous.get("command") if not cells else "python benchmarks/bench_probe.py " + (
-            "--full" if args.full else f"--cells {','.join('x'.join(map(str, c)) for c in cells)}"),
-        "Cs": [float(c) for c in CS],
-        "selection": "accuracy on the validation split (n/4 rows), first maximum; refit on train + val",
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
-                    "note": "shared 2-core development machine, other processes running (see load and idle cores)"},
-        "cells": ordered,
-        "summary": summary(ordered),
-        "scaling": previous.get("scaling"),
-    }
+        if not args.quick:  # after every cell: an interrupted run keeps what it measured
+            atomic_write_text(args.out, json.dumps(report(), indent=2) + "\n")
     if args.scaling:
-        report["scaling"] = scaling(1280, 10)
-    print(json.dumps(report["summary"], indent=2))
+        scaled = scaling(1280, 10)
+    final = report()
+    print(json.dumps(final["summary"], indent=2))
     if not args.quick:
-        atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")
+        atomic_write_text(args.out, json.dumps(final, indent=2) + "\n")
         print(f"wrote {args.out}")
     return 0
 
