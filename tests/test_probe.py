@@ -93,11 +93,19 @@ def test_squared_hinge_matches_linearsvc_on_relu_features(relu_digits):
     assert np.all(ours <= theirs * (1 + 1e-4))
 
 
-def test_fewer_samples_than_features_uses_plain_solver_and_matches(relu_digits):
-    """n < d: no eigen-rotation; the plain preconditioned path must be exact too."""
+@pytest.mark.parametrize("kernel_rows", [None, 100])
+def test_fewer_samples_than_features_matches_in_both_bases(relu_digits, kernel_rows, monkeypatch):
+    """n < d: the hinge is rotated through the n x n kernel (default) or, with more rows than
+    KERNEL_ROTATE_MAX_ROWS, reduced by QR and solved with the diagonal preconditioner; the
+    logistic loss (free bias) always takes the QR reduction. Every path must be exact."""
+    import transferlab.heads.probe as probe_module
+
+    if kernel_rows is not None:
+        monkeypatch.setattr(probe_module, "KERNEL_ROTATE_MAX_ROWS", kernel_rows)
     Xtr, ytr, _, _, Xte, yte = relu_digits
     X, y = Xtr[:300], ytr[:300]
     probe = LinearProbe(Cs=[0.5], device="cpu").fit(X, y)
+    assert probe.solver_stats_ == {**probe.solver_stats_, "reduced": 1, "rotated": int(kernel_rows is None)}
     ref = LinearSVC(C=0.5, tol=1e-6, max_iter=50000).fit(X, y)
     assert abs(probe.score(Xte, yte) - ref.score(Xte, yte)) <= 0.005
     Y = one_vs_rest(y, probe.classes_)
@@ -139,6 +147,23 @@ def test_row_space_reduction_matches_linearsvc_when_rows_are_fewer_than_dims(wid
     differ = probe.predict(Xte) != ref.predict(Xte)
     assert np.all(scores[differ, -1] - scores[differ, -2] < 1e-2)
     assert differ.mean() <= 0.005
+
+
+def test_kernel_rotation_drops_directions_the_data_does_not_span(digits):
+    """60 distinct rows repeated 5 times, 2304-d: the kernel has rank 60 (of 300); the directions
+    it drops carry nothing, so the solution still matches LinearSVC's objective."""
+    Xtr, ytr, _, _, Xte, yte = digits
+    projection = np.random.default_rng(3).standard_normal((64, 2304)).astype(np.float32) / 8.0
+    X = np.repeat(np.maximum(Xtr[:60] @ projection, 0), 5, axis=0)
+    y = np.repeat(ytr[:60], 5)
+    C = 1.0
+    probe = LinearProbe(Cs=[C], device="cpu").fit(X, y)
+    assert probe.solver_stats_["reduced"] == 1 and probe.solver_stats_["rotated"] == 1
+    ref = LinearSVC(C=C, tol=1e-6, max_iter=50000).fit(X, y)
+    Y = one_vs_rest(y, probe.classes_)
+    ours = svm_objective(probe.coef_, probe.intercept_, X, Y, C)
+    assert np.all(ours <= svm_objective(ref.coef_, ref.intercept_, X, Y, C) * (1 + 1e-4) + 1e-6)
+    np.testing.assert_allclose(probe.coef_, ref.coef_, atol=0.02 * np.abs(ref.coef_).max())
 
 
 def test_row_space_reduction_is_exact_for_the_logistic_loss_with_a_free_bias(wide_digits):
@@ -218,6 +243,36 @@ def test_idle_cores_do_not_count_this_process_as_load():
         stop.set()
         worker.join()
     assert during >= before - 0.5, (before, during)
+
+
+def test_default_threads_reuse_the_window_since_a_recent_measurement(monkeypatch):
+    """Fits in a loop do not each sleep a fresh window: within RECENT seconds of the previous
+    measurement the window since it is measured; an older one (or none) takes a fresh window."""
+    import time
+
+    from transferlab.heads import cpu_threads
+
+    slept: list[float] = []
+    real_sleep = time.sleep
+
+    def recording_sleep(seconds: float) -> None:
+        slept.append(seconds)
+        real_sleep(seconds)
+
+    monkeypatch.setattr(cpu_threads.time, "sleep", recording_sleep)
+    cpu_threads.idle_cores()  # a fresh window: sleeps
+    assert slept == [0.05]
+    real_sleep(0.06)  # longer than the window, well under RECENT
+    assert 0.0 <= cpu_threads.idle_cores(reuse=True) <= cpu_threads.usable_cores()
+    real_sleep(0.06)
+    assert 1 <= cpu_threads.default_threads() <= cpu_threads.usable_cores()
+    assert slept == [0.05]  # both measured the window since the previous call
+    cpu_threads.idle_cores(reuse=True)  # the previous call ended under a window ago: too short
+    assert slept == [0.05, 0.05]
+    monkeypatch.setattr(cpu_threads, "RECENT", 0.0)  # every earlier measurement is stale now
+    real_sleep(0.06)
+    cpu_threads.idle_cores(reuse=True)
+    assert slept == [0.05, 0.05, 0.05]
 
 
 @pytest.mark.parametrize(("features", "C"), [("digits", 1.0), ("relu_digits", 0.1)])
