@@ -11,7 +11,10 @@ Features: real ConvNet features where the built-in data has them (EfficientNet-L
 built-in ``fashion_mnist``: 500 train / 100 val / 300 test, layer ``blocks.5`` avg = 192-d and
 the last layer avg = 1280-d, extracted through the package's own FeatureStore), synthetic ones
 elsewhere (ReLU of a random projection of Gaussian class clusters). Inside a cell the order of
-the two sides alternates from cell to cell (ABBA), as the machine may be shared.
+the two sides alternates from cell to cell (ABBA), as the machine may be shared, and each side
+starts after ``SETTLE`` seconds of quiet: numpy's OpenBLAS workers spin ~0.1-0.3 s after a
+threaded matmul (data generation, the other side's scoring), and whichever side ran in that window
+would share the cores with them (a 600 x 192 probe fit measured 0.15 s instead of 0.075).
 
     .venv/bin/python benchmarks/bench_probe.py            # a subset of cells, a few minutes
     .venv/bin/python benchmarks/bench_probe.py --full     # n {500,2000,8000} x d {192,1280,4096} x {10,100}
@@ -53,6 +56,7 @@ SUBSET = [(500, 192, 10), (500, 1280, 10), (500, 4096, 100), (2000, 1280, 10), (
           (2000, 192, 100)]
 REAL = {(500, 192, 10): "blocks.5", (500, 1280, 10): "features"}  # fashion_mnist, EfficientNet-Lite0
 N_TEST = 1000
+SETTLE = 0.5  # seconds of quiet before each timed side (thread pools of the previous work asleep)
 
 
 def synthetic(n: int, d: int, k: int, seed: int = 0):
@@ -88,6 +92,7 @@ def real(layer: str):
 
 def time_probe(loss: str, data) -> dict:
     (Xtr, Xva, Xte), (ytr, yva, yte) = data
+    time.sleep(SETTLE)
     start = time.perf_counter()
     X, y, split = stack_validation(Xtr, ytr, Xva, yva)  # C chosen on val, refit on train + val
     probe = LinearProbe(loss=loss, Cs=CS, device="cpu", cv=split).fit(X, y)
@@ -104,6 +109,7 @@ def time_sklearn(loss: str, data) -> dict:
             return LinearSVC(C=C)
         return OneVsRestClassifier(LogisticRegression(C=C, max_iter=1000))
 
+    time.sleep(SETTLE)
     start = time.perf_counter()
     val = [model(C).fit(Xtr, ytr).score(Xva, yva) for C in CS]
     best = int(np.argmax(val))
