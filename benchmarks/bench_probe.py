@@ -35,6 +35,7 @@ import json
 import math
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -241,8 +242,8 @@ def main() -> int:
         cells = [] if args.scaling else SUBSET  # --scaling alone: only the per-row cost
     previous = json.loads(args.out.read_text()) if args.out.exists() and not args.quick else {}
     measured = {(c["n"], c["d"], c["classes"]): c for c in previous.get("cells", []) if "n" in c}
-    command = previous.get("command") if not cells else "python benchmarks/bench_probe.py " + (
-        "--full" if args.full else f"--cells {','.join('x'.join(map(str, c)) for c in cells)}")
+    command = previous.get("command") if not cells else " ".join(["python", "benchmarks/bench_probe.py",
+                                                                    *sys.argv[1:]])
 
     def report() -> dict:
         ordered = [measured[key] for key in sorted(measured)]

@@ -14,6 +14,8 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 BENCHMARKS = ["decode", "extract", "tokens", "probe", "retrieval", "select", "study"]
+# benchmarks that run more than once: extract also times the plain timm loop against `transferlab extract`
+RUNS = {"extract": [[], ["--vs-timm", "--sizes", "128,256,512", "--rounds", "2"]]}
 
 
 def main() -> int:
@@ -25,13 +27,14 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
     for name in names:
-        command = [sys.executable, str(HERE / f"bench_{name}.py")]
-        print(f"$ {' '.join(command)}", flush=True)
-        start = time.perf_counter()
-        if subprocess.call(command) != 0:
-            print(f"bench_{name}.py failed", file=sys.stderr)
-            return 1
-        print(f"({time.perf_counter() - start:.0f} s)\n", flush=True)
+        for extra in RUNS.get(name, [[]]):
+            command = [sys.executable, str(HERE / f"bench_{name}.py"), *extra]
+            print(f"$ {' '.join(command)}", flush=True)
+            start = time.perf_counter()
+            if subprocess.call(command) != 0:
+                print(f"bench_{name}.py failed", file=sys.stderr)
+                return 1
+            print(f"({time.perf_counter() - start:.0f} s)\n", flush=True)
     return 0
 
 
