@@ -473,3 +473,18 @@ def test_groups_keep_an_image_and_its_mirror_in_one_fold():
     assert probe.fit(X2, y2, groups=groups).selection_ == "4-fold"
     with pytest.raises(TransferlabError, match="one id per training row"):
         LinearProbe(Cs=[0.1, 1.0]).fit(X2, y2, groups=groups[:10])
+
+
+def test_read_only_features_fit_and_score_silently_with_numpys_scores(digits):
+    """Memory-mapped caches are read-only: no torch warning, and torch's scores equal X w + b."""
+    X, y, X_val, y_val, X_test, _ = digits
+    X, X_test = X.copy(), X_test.copy()
+    X.setflags(write=False)
+    X_test.setflags(write=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        probe = LinearProbe(Cs=[1.0], device="cpu").fit(X, y)
+        scores = probe.decision_function(X_test)
+    assert scores.dtype == np.float32 and scores.shape == (len(X_test), 10)
+    expected = X_test.astype(np.float64) @ probe.coef_.T.astype(np.float64) + probe.intercept_
+    np.testing.assert_allclose(scores, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
