@@ -248,7 +248,7 @@ def main() -> int:
     def report() -> dict:
         ordered = [measured[key] for key in sorted(measured)]
         return {
-            "command": command,
+            "command": command,  # of the latest run; each cell also names the run that measured it
             "Cs": [float(c) for c in CS],
             "selection": "accuracy on the validation split (n/4 rows), first maximum; refit on train + val",
             "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
@@ -261,7 +261,7 @@ def main() -> int:
     scaled = None
     logistic_max = args.logistic_max if args.logistic_max is not None else (math.inf if args.full else 3e7)
     for index, (n, d, k) in enumerate(sorted(cells, key=math.prod)):
-        measured[(n, d, k)] = measure_cell(n, d, k, index, logistic_max, args.hinge_max)
+        measured[(n, d, k)] = {**measure_cell(n, d, k, index, logistic_max, args.hinge_max), "command": command}
         if not args.quick:  # after every cell: an interrupted run keeps what it measured
             atomic_write_text(args.out, json.dumps(report(), indent=2) + "\n")
     if args.scaling:
