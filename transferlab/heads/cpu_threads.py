@@ -24,8 +24,9 @@ def default_threads() -> int:
     every op wait for it (on a busy 2-core machine two threads measured up to 5x slower than
     one), while on an idle machine each extra core cuts the time almost proportionally. So
     the idle cores are measured (``idle_cores``) instead of assuming either machine; a window
-    that ended at the previous call, under ``RECENT`` seconds ago, is reused (fits in a loop
-    do not each sleep 50 ms: a quarter of a 2000 x 192 probe fit).
+    that ended at the previous call (or the sample taken when this module was imported) under
+    ``RECENT`` seconds ago is reused: fits in a loop, and a first fit soon after the import, do
+    not each sleep 50 ms (a third of a 600 x 192 probe fit).
     """
     return max(1, min(torch.get_num_threads(), usable_cores(), round(idle_cores(reuse=True))))
 
@@ -37,9 +38,9 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-# A /proc/stat sample at most this many seconds old still describes the machine's load.
-RECENT = 2.0
-_last: tuple[float, tuple[float, int]] | None = None  # (monotonic time, sample) of the last call
+# A /proc/stat sample at most this many seconds old still starts a window that describes the
+# machine's load (a competitor that started later shows as the share of the window it ran).
+RECENT = 10.0
 
 
 def _sample() -> tuple[float, int] | None:
@@ -87,6 +88,11 @@ def idle_cores(window: float = 0.05, reuse: bool = False) -> float:
     if second is None or total <= 0:
         return float(cores)
     return min(cores, (os.cpu_count() or cores) * (second[0] - first[0]) / total)
+
+
+_first = _sample()
+# (monotonic time, sample) of the last measurement; the import's sample starts the first window
+_last: tuple[float, tuple[float, int]] | None = None if _first is None else (time.monotonic(), _first)
 
 
 @contextmanager

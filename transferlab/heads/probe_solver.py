@@ -99,40 +99,55 @@ class Design:
         return self._AT
 
     def margins(self, V: torch.Tensor) -> torch.Tensor:
-        """X~ V, shape (n, H).
+        """X~ V, shape (n, H)."""
+        return self.margins_rows(V.t()).t()
 
-        Computed as (V^T A^T)^T, about twice as fast as A V for thin V on CPU BLAS. For 2-7
-        columns (CG and Newton drop finished heads, so many late products are that thin) BLAS
+    def margins_rows(self, VT: torch.Tensor) -> torch.Tensor:
+        """(X~ V)^T from V^T (H, dim): shape (H, n).
+
+        Heads as rows: V^T A^T is about twice as fast as A V for thin V on CPU BLAS. For 2-7
+        heads (CG and Newton drop finished heads, so many late products are that thin) BLAS
         is 4-8x slower on the transposed view of A than on a contiguous copy of A^T, so up to
-        ``_THIN`` columns read the copy (benchmarks/bench_probe.py --matmul).
+        ``_THIN`` heads read the copy (benchmarks/bench_probe.py --matmul).
         """
-        W = V if self.rotated else V[:-1]
-        AT = self.AT if V.shape[1] <= _THIN else self.A.T
-        out = (W.T @ AT).T
-        return out if self.rotated else out + V[-1]
+        W = VT if self.rotated else VT[:, :-1]
+        AT = self.AT if VT.shape[0] <= _THIN else self.A.T
+        return W @ AT if self.rotated else torch.addmm(VT[:, -1:], W, AT)
 
     def back(self, U: torch.Tensor, A: torch.Tensor | None = None) -> torch.Tensor:
         """X~^T U for U of shape (n, H)."""
-        A = self.A if A is None else A
-        # U^T A (then transposed) is several times faster than A^T U for thin U on CPU BLAS.
-        out = (U.T @ A).T
-        return out if self.rotated else torch.cat([out, U.sum(0, keepdim=True)])
+        return self.back_rows(U.t(), A).t()
+
+    def back_rows(self, UT: torch.Tensor, A: torch.Tensor | None = None) -> torch.Tensor:
+        """(X~^T U)^T from U^T (H, n): shape (H, dim). U^T A is several times faster than A^T U
+        for thin U on CPU BLAS."""
+        out = UT @ (self.A if A is None else A)
+        return out if self.rotated else torch.cat([out, UT.sum(1, keepdim=True)], 1)
 
     def reg(self, V: torch.Tensor) -> torch.Tensor:
         """R V, where R is the identity except (1 - reg_bias) removed along the bias."""
+        return V if self.reg_bias == 1.0 else self.reg_rows(V.t()).t()
+
+    def reg_rows(self, VT: torch.Tensor) -> torch.Tensor:
+        """(R V)^T from V^T (H, dim)."""
         if self.reg_bias == 1.0:
-            return V
+            return VT
         if self.rotated:
-            return V - (1.0 - self.reg_bias) * self.q[:, None] * (self.q @ V)[None, :]
-        out = V.clone()
-        out[-1] *= self.reg_bias
+            return VT - (1.0 - self.reg_bias) * (VT @ self.q)[:, None] * self.q[None, :]
+        out = VT.clone()
+        out[:, -1] *= self.reg_bias
         return out
 
-    def hessian_product(self, V: torch.Tensor, C: float, loss_part: torch.Tensor) -> torch.Tensor:
-        """R V + C * loss_part (one op when R is the identity)."""
-        if self.reg_bias == 1.0:
-            return torch.add(V, loss_part, alpha=C)
-        return self.reg(V) + C * loss_part
+    def hessian_rows(self, DT: torch.Tensor, C: float, curv_rows: torch.Tensor) -> torch.Tensor:
+        """((R + C X~^T D X~) d)^T for every head's d (rows of DT, (H, dim)); curvatures as rows (H, n).
+
+        With R the identity in the rotated basis (squared hinge, the common case) the
+        regulariser and the loss part are one fused matmul-add.
+        """
+        U = curv_rows * self.margins_rows(DT)
+        if self.reg_bias == 1.0 and self.rotated:
+            return torch.addmm(DT, U, self.A, alpha=C)
+        return torch.add(self.reg_rows(DT), self.back_rows(U), alpha=C)
 
     def reg_diag(self) -> torch.Tensor:
         diag = torch.ones(self.zeros(1).shape[0], device=self.A.device)
@@ -151,42 +166,51 @@ class Design:
             V = torch.cat([self.span_basis @ V[:-1], V[-1:]])
         return V
 
-    def preconditioner(self, C: float, curv: torch.Tensor, block: torch.Tensor | None = None) -> Preconditioner:
+    def preconditioner(self, C: float, curv_rows: torch.Tensor, block: torch.Tensor | None = None) -> Preconditioner:
         """M^-1 for every head: diag of its Hessian, plus (rotated) its exact leading block.
 
-        ``block``: the inverse leading blocks built earlier for these heads at this C (an older
-        iterate's curvature): still a symmetric positive definite preconditioner, so CG stays
-        exact, and the block's n r^2 cost per head is paid once per C, not once per Newton step.
-        The inverse is formed once from the block's Cholesky factor, in float64: CG applies it
-        several times per Newton step, and one batched matmul is about twice as fast as a
-        triangular solve pair at these sizes.
+        Curvatures as rows (H, n). ``block``: the inverse leading blocks built earlier for these
+        heads at this C (``block_inverse`` of an older iterate's curvature): still a symmetric
+        positive definite preconditioner, so CG stays exact, and the block's n r^2 cost per
+        head is paid once per C, not once per Newton step.
         """
-        diag = self.reg_diag()[:, None] + C * self.back(curv, self.A2)
+        diag = torch.add(self.reg_diag()[None, :], self.back_rows(curv_rows, self.A2), alpha=C)
         if not self.rotated:
             # LIBLINEAR's mixed preconditioner (Hsia, Chiang & Lin 2018): robust in any basis.
             return Preconditioner((0.99 + 0.01 * diag).clamp_(min=1e-12))
         diag = diag.clamp_(min=1e-12)
-        if block is not None:
-            return Preconditioner(diag, block)
-        r = min(_BLOCK, diag.shape[0])
+        return Preconditioner(diag, self.block_inverse(C, curv_rows) if block is None else block)
+
+    def block_inverse(self, C: float, curv_rows: torch.Tensor) -> torch.Tensor | None:
+        """Every head's inverse leading r x r Hessian block (H, r, r), rotated basis only.
+
+        The inverse is formed once from the block's Cholesky factor, in float64: CG applies it
+        several times per Newton step, and one batched matmul is about twice as fast as a
+        triangular solve pair at these sizes. None when a block is numerically indefinite
+        (the preconditioner keeps the diagonal only).
+        """
+        if not self.rotated:
+            return None
+        r = min(_BLOCK, self.A.shape[1])
         Ar = self.A[:, :r]
         reg_block = torch.eye(r, device=Ar.device)
         if self.reg_bias != 1.0:
             qr = self.q[:r]
             reg_block = reg_block - (1.0 - self.reg_bias) * torch.outer(qr, qr)
-        blocks = torch.empty(curv.shape[1], r, r, device=Ar.device)
-        for h0 in range(0, curv.shape[1], 16):
-            cw = curv[:, h0 : h0 + 16].T  # (h, n)
+        blocks = torch.empty(curv_rows.shape[0], r, r, device=Ar.device)
+        for h0 in range(0, curv_rows.shape[0], 16):
+            cw = curv_rows[h0 : h0 + 16]  # (h, n)
             blocks[h0 : h0 + 16] = torch.matmul(Ar.T[None] * cw[:, None, :], Ar[None])
         blocks = reg_block[None] + C * blocks
         chol, info = torch.linalg.cholesky_ex(blocks)
-        if bool((info != 0).any()):  # numerically indefinite block: keep the diagonal only
-            return Preconditioner(diag)
-        return Preconditioner(diag, torch.cholesky_inverse(chol.double()).to(chol.dtype))
+        if bool((info != 0).any()):
+            return None
+        return torch.cholesky_inverse(chol.double()).to(chol.dtype)
 
 
 class Preconditioner:
-    """Applies M^-1 column by column: a diagonal, with an optional exact leading block (its inverse)."""
+    """Applies M^-1 to every head's vector (the rows of R, (H, dim)): a diagonal, with an
+    optional exact leading block (its inverse, symmetric)."""
 
     def __init__(self, diag: torch.Tensor, inverse: torch.Tensor | None = None):
         self.diag, self.inverse = diag, inverse
@@ -195,12 +219,14 @@ class Preconditioner:
         out = R / self.diag
         if self.inverse is not None:
             r = self.inverse.shape[-1]
-            out[:r] = torch.bmm(self.inverse, R[:r].T.unsqueeze(-1)).squeeze(-1).T
+            # r^T M^-1 = (M^-1 r)^T, M^-1 symmetric: row vectors times the blocks are about
+            # twice as fast as the blocks times column vectors (bmm) at 10-100 heads
+            out[:, :r] = torch.matmul(R[:, None, :r], self.inverse).squeeze(1)
         return out
 
-    def subset(self, cols: torch.Tensor) -> Preconditioner:
-        """The preconditioner of the heads ``cols`` only."""
-        return Preconditioner(self.diag[:, cols], None if self.inverse is None else self.inverse[cols])
+    def subset(self, rows: torch.Tensor) -> Preconditioner:
+        """The preconditioner of the heads ``rows`` only."""
+        return Preconditioner(self.diag[rows], None if self.inverse is None else self.inverse[rows])
 
 
 class Heads:
@@ -279,7 +305,7 @@ def newton(
         # every head still running (the first steps, mostly): no gathers and scatters
         cols = None if n_active == V.shape[1] else torch.nonzero(active).squeeze(1)
         if design.rotated and block is None:
-            block = design.preconditioner(C, curv).inverse
+            block = design.block_inverse(C, curv.t())
         if cols is None:
             Y, S, g_a, curv_a, V_a, z_a, f_a, block_a = heads.Y, heads.S, g, curv, V, z, f, block
         else:
@@ -299,8 +325,11 @@ def newton(
         # means the head has reached what float32 arithmetic can resolve.
         decreased = f_new < f_a
         stalled = ~decreased | ((f_a - f_new) <= tol * f_new.abs())
-        kept = (torch.where(decreased, new, old) for new, old in
-                ((V_new, V_a), (z_new, z_a), (f_new, f_a), (g_new, g_a), (curv_new, curv_a)))
+        if bool(decreased.all()):  # the usual case: no selects
+            kept = iter((V_new, z_new, f_new, g_new, curv_new))
+        else:
+            kept = (torch.where(decreased, new, old) for new, old in
+                    ((V_new, V_a), (z_new, z_a), (f_new, f_a), (g_new, g_a), (curv_new, curv_a)))
         if cols is None:
             V, z, f, g, curv = kept
             active &= ~stalled
@@ -319,42 +348,49 @@ def _pcg(
     """Solve (R + C X~^T D X~) p = -g for every column at once by preconditioned CG.
 
     Truncated (LIBLINEAR's rule): a column stops once its residual is ``rel_tol`` of ``|g|``.
-    Finished columns are dropped from the matmuls once a quarter of them are done.
+    Finished columns are dropped from the matmuls once a quarter of them are done. Inside,
+    heads are rows (every vector op reads contiguous memory). While every head is live and R
+    is the identity (squared hinge), d^T H d >= |d|^2 > 0 and r^T M^-1 r > 0, so the steps
+    need no masks: a step of a 500 x 192 problem is ~20 short ops, and each op saved counts.
     """
-    precond = design.preconditioner(C, curv, block)
-    p = torch.zeros_like(g)
-    cols = torch.arange(g.shape[1], device=g.device)
-    r = -g
+    curv_all = curv.t().contiguous()
+    precond = design.preconditioner(C, curv_all, block)
+    r = g.t().neg().contiguous()
+    p = torch.zeros_like(r)
+    rows = torch.arange(r.shape[0], device=r.device)
     zr = precond(r)
     d = zr.clone()
-    rz = torch.linalg.vecdot(r, zr, dim=0)
-    stop = rel_tol * torch.linalg.vector_norm(g, dim=0)
-    curv_c = curv
-    p_c = p  # the step restricted to the live columns (written back when columns drop)
+    rz = torch.linalg.vecdot(r, zr, dim=1)
+    stop = rel_tol * torch.linalg.vector_norm(r, dim=1)
+    curv_c = curv_all
+    p_c = p  # the step restricted to the live heads (written back when heads drop)
+    unmasked = design.reg_bias == 1.0
     k = 0
     for k in range(max_cg):  # noqa: B007 - the count is returned
-        live = torch.linalg.vector_norm(r, dim=0) > stop
+        live = torch.linalg.vector_norm(r, dim=1) > stop
         n_live = int(live.sum())
         if n_live == 0:
             break
-        if n_live < 0.75 * len(cols):
+        if n_live < 0.75 * len(rows):
             if p_c is not p:
-                p[:, cols] = p_c
+                p[rows] = p_c
             keep = torch.nonzero(live).squeeze(1)
-            cols, r, d, rz, stop, live = cols[keep], r[:, keep], d[:, keep], rz[keep], stop[keep], live[keep]
-            p_c, curv_c, precond = p[:, cols], curv[:, cols], precond.subset(keep)
-        Hd = design.hessian_product(d, C, design.back(curv_c * design.margins(d)))
-        dHd = torch.linalg.vecdot(d, Hd, dim=0)
-        alpha = torch.where(live & (dHd > 0), rz / dHd, 0.0)
+            rows, r, d, rz, stop, live = rows[keep], r[keep], d[keep], rz[keep], stop[keep], live[keep]
+            p_c, curv_c, precond = p[rows], curv_all[rows], precond.subset(keep)
+        all_live = unmasked and n_live == len(rows)
+        Hd = design.hessian_rows(d, C, curv_c)
+        dHd = torch.linalg.vecdot(d, Hd, dim=1)
+        alpha = (rz / dHd if all_live else torch.where(live & (dHd > 0), rz / dHd, 0.0)).unsqueeze(1)
         p_c.addcmul_(d, alpha)
         r.addcmul_(Hd, alpha, value=-1.0)
         zr = precond(r)
-        rz_new = torch.linalg.vecdot(r, zr, dim=0)
-        d = torch.addcmul(zr, d, torch.where(live, rz_new / rz, 0.0))
+        rz_new = torch.linalg.vecdot(r, zr, dim=1)
+        beta = rz_new / rz if all_live else torch.where(live, rz_new / rz, 0.0)
+        d = torch.addcmul(zr, d, beta.unsqueeze(1))
         rz = rz_new
     if p_c is not p:
-        p[:, cols] = p_c
-    return p, k
+        p[rows] = p_c
+    return p.t(), k
 
 
 def _line_search(heads, C, V, z, g, step, Xp, Y, S, max_steps: int = 20):
@@ -367,10 +403,7 @@ def _line_search(heads, C, V, z, g, step, Xp, Y, S, max_steps: int = 20):
     torch ops (the search was a quarter of a small fit).
     """
     reg = heads.design.reg
-    step64 = step.double()
-    scalars = torch.stack([(reg(V).double() * step64).sum(0), (reg(step).double() * step64).sum(0),
-                           (g.double() * step64).sum(0)]).cpu().numpy()
-    vp, pp, slope0 = scalars
+    vp, pp, slope0 = (torch.stack([reg(V), reg(step), g]).double() * step.double()).sum(1).cpu().numpy()
     loss_derivatives = _restriction(heads.loss, z, Xp, Y, S)
     t = np.ones_like(vp)
     lo = np.zeros_like(vp)
@@ -401,15 +434,15 @@ def _restriction(loss: str, z: torch.Tensor, Xp: torch.Tensor, Y: torch.Tensor, 
     """
     a = Y * Xp
     Sa = S * a
-    Sa2 = Sa * a
     if loss == "squared_hinge":
         base = torch.addcmul(torch.ones_like(z), Y, z, value=-1.0)  # 1 - y z
+        weights = torch.stack([-2.0 * Sa, 2.0 * Sa * a])  # d/dt and d2/dt2 per unit of [m, m > 0]
 
         def hinge(t: torch.Tensor):
             m = torch.addcmul(base, a, t, value=-1.0).clamp_(min=0.0)  # max(0, 1 - y (z + t Xp))
-            return torch.stack([(Sa * m).sum(0, dtype=torch.float64).mul_(-2.0),
-                                torch.where(m > 0, Sa2, 0.0).sum(0, dtype=torch.float64).mul_(2.0)])
+            return (weights * torch.stack([m, m.sign()])).sum(1, dtype=torch.float64)  # sign: m >= 0
         return hinge
+    Sa2 = Sa * a
     yz = Y * z
 
     def logistic(t: torch.Tensor):
