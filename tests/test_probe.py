@@ -508,3 +508,26 @@ def test_read_only_features_fit_and_score_silently_with_numpys_scores(digits):
     assert scores.dtype == np.float32 and scores.shape == (len(X_test), 10)
     expected = X_test.astype(np.float64) @ probe.coef_.T.astype(np.float64) + probe.intercept_
     np.testing.assert_allclose(scores, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+
+
+def test_block_schedule_starts_diagonal_on_small_dims_and_switches_on_for_larger_C():
+    """Small rotated dims begin the C path with the diagonal preconditioner (the 64 x 64 block
+    costs ~12 CG steps at 193 dims); the first solve that needs more than 5 CG steps per Newton
+    step without it switches the block on for its C and every larger one. Wide dims always
+    build it (it costs under 2 CG steps there)."""
+    import torch
+
+    from transferlab.heads.probe_solver import BlockSchedule, Design
+
+    rng = np.random.default_rng(0)
+    narrow = Design(torch.from_numpy(rng.standard_normal((300, 192)).astype(np.float32)), 1.0, True)
+    schedule = BlockSchedule(narrow)
+    assert not schedule.wants(0.01) and not schedule.wants(100.0)
+    schedule.record(0.2, newton_steps=5, cg_steps=19, used_block=False)  # 3.8 per step: keep diagonal
+    assert not schedule.wants(1.0)
+    schedule.record(1.0, newton_steps=6, cg_steps=41, used_block=False)  # 6.8 per step: switch on
+    assert schedule.wants(1.0) and schedule.wants(4.6) and not schedule.wants(0.2)
+    schedule.record(4.6, newton_steps=5, cg_steps=200, used_block=True)  # with the block: no change
+    assert not schedule.wants(0.5)
+    wide = Design(torch.from_numpy(rng.standard_normal((3000, 1500)).astype(np.float32)), 1.0, True)
+    assert BlockSchedule(wide).wants(1e-4)

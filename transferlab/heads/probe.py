@@ -45,7 +45,7 @@ from transferlab.heads.cpu_threads import (  # noqa: F401  (re-exported)
     usable_cores,
 )
 from transferlab.heads.probe_grid import DEFAULT_CS
-from transferlab.heads.probe_solver import KERNEL_ROTATE_MAX_ROWS, ROTATE_MAX_DIM, Design, Heads, newton
+from transferlab.heads.probe_solver import KERNEL_ROTATE_MAX_ROWS, ROTATE_MAX_DIM, BlockSchedule, Design, Heads, newton
 
 if TYPE_CHECKING:
     from sklearn.model_selection import PredefinedSplit
@@ -155,6 +155,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
             rotate = (len(Xt) if span else Xt.shape[1]) + 1 <= ROTATE_MAX_DIM
         design = Design(Xt, reg_bias, rotate, span)
         self.solver_stats_: dict[str, int] = {"reduced": int(span), "rotated": int(design.rotated)}
+        schedule = BlockSchedule(design)  # which Cs of this path get the block preconditioner
 
         self.Cs_ = Cs
         self.n_iter_ = 0
@@ -182,7 +183,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
             V = design.zeros(Y.shape[1])
             g0 = heads.g0_norm()
             for i, C in enumerate(Cs):
-                V = self._solve(heads, float(C), V, g0)
+                V = self._solve(heads, float(C), V, g0, schedule)
                 z = design.margins(V).cpu().numpy()
                 per_fold = []
                 for k, eval_rows in enumerate(fold_eval):
@@ -204,7 +205,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         heads = Heads(design, Yt, self._weights(Yt, Lt), self.loss)
         if V0 is None:
             V0 = design.zeros(n_classes)
-        solved = design.to_original(self._solve(heads, best_C, V0, heads.g0_norm())).cpu().numpy()
+        solved = design.to_original(self._solve(heads, best_C, V0, heads.g0_norm(), schedule)).cpu().numpy()
         self.C_ = best_C
         self.coef_ = np.ascontiguousarray(solved[:-1].T)
         self.intercept_ = solved[-1].copy()
@@ -422,8 +423,10 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         w_neg = torch.where(neg > 0, total / (2 * neg.clamp(min=1)), torch.zeros_like(neg))
         return S * torch.where(Y > 0, w_pos, w_neg)
 
-    def _solve(self, heads: Heads, C: float, V: torch.Tensor, g0: torch.Tensor) -> torch.Tensor:
-        V, n_iter, unconverged = newton(heads, C, V, g0, self.tol, self.max_iter, stats=self.solver_stats_)
+    def _solve(self, heads: Heads, C: float, V: torch.Tensor, g0: torch.Tensor,
+               schedule: BlockSchedule | None = None) -> torch.Tensor:
+        V, n_iter, unconverged = newton(heads, C, V, g0, self.tol, self.max_iter, stats=self.solver_stats_,
+                                        schedule=schedule)
         self.n_iter_ += n_iter
         if unconverged:
             warnings.warn(

@@ -7,6 +7,8 @@ objectives and the preconditioners). Only ``heads/probe.py`` calls it.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -21,6 +23,11 @@ KERNEL_ROTATE_MAX_ROWS = 3072
 _BLOCK = 64
 # Products with at most this many head columns read A^T from a contiguous copy (``margins``).
 _THIN = 16
+# ``BlockSchedule``: a block costing at most this many CG steps is always built; otherwise the
+# block starts at the first C whose diagonal-only solve averaged more CG steps per Newton step
+# than ``_DIAGONAL_CG_STEPS`` (500 x 192 x 10: 3.8 at C = 0.2, 6.8 at C = 1, 12 at C = 4.6).
+_CHEAP_BLOCK = 2
+_DIAGONAL_CG_STEPS = 5
 
 
 class Design:
@@ -167,19 +174,19 @@ class Design:
         return V
 
     def preconditioner(self, C: float, curv_rows: torch.Tensor, block: torch.Tensor | None = None) -> Preconditioner:
-        """M^-1 for every head: diag of its Hessian, plus (rotated) its exact leading block.
+        """M^-1 for every head: diag of its Hessian, plus (rotated) the exact leading block ``block``.
 
         Curvatures as rows (H, n). ``block``: the inverse leading blocks built earlier for these
         heads at this C (``block_inverse`` of an older iterate's curvature): still a symmetric
         positive definite preconditioner, so CG stays exact, and the block's n r^2 cost per
-        head is paid once per C, not once per Newton step.
+        head is paid once per C, not once per Newton step. None: the diagonal only.
         """
         diag = torch.add(self.reg_diag()[None, :], self.back_rows(curv_rows, self.A2), alpha=C)
         if not self.rotated:
             # LIBLINEAR's mixed preconditioner (Hsia, Chiang & Lin 2018): robust in any basis.
             return Preconditioner((0.99 + 0.01 * diag).clamp_(min=1e-12))
         diag = diag.clamp_(min=1e-12)
-        return Preconditioner(diag, self.block_inverse(C, curv_rows) if block is None else block)
+        return Preconditioner(diag, block)
 
     def block_inverse(self, C: float, curv_rows: torch.Tensor) -> torch.Tensor | None:
         """Every head's inverse leading r x r Hessian block (H, r, r), rotated basis only.
@@ -206,6 +213,30 @@ class Design:
         if bool((info != 0).any()):
             return None
         return torch.cholesky_inverse(chol.double()).to(chol.dtype)
+
+
+class BlockSchedule:
+    """Which Cs of one design's ascending C path get the leading-block preconditioner.
+
+    A block costs ~n r^2 per head, about r^2 / (2 dim) CG steps. Where that is more than
+    ``_CHEAP_BLOCK`` steps (small dims: 12 at 500 x 192), the path starts with the diagonal
+    alone: at small C the rotated Hessian is close to its diagonal and CG converges in a few
+    steps without it (500 x 192 x 10: 3-4 CG steps per Newton step at C <= 0.2). The first
+    diagonal-only solve that averages more than ``_DIAGONAL_CG_STEPS`` CG steps per Newton
+    step switches the block on for its C and every larger one (the Hessian's conditioning
+    grows with C), the refit included.
+    """
+
+    def __init__(self, design: Design):
+        cheap = _BLOCK * _BLOCK <= _CHEAP_BLOCK * 2 * design.A.shape[1]
+        self.from_C = 0.0 if cheap else math.inf
+
+    def wants(self, C: float) -> bool:
+        return C >= self.from_C
+
+    def record(self, C: float, newton_steps: int, cg_steps: int, used_block: bool) -> None:
+        if not used_block and cg_steps > _DIAGONAL_CG_STEPS * newton_steps:
+            self.from_C = min(self.from_C, C)
 
 
 class Preconditioner:
@@ -265,12 +296,11 @@ class Heads:
         return torch.linalg.vector_norm(self.design.back(dz), dim=0)
 
 
-def _objective(heads: Heads, V: torch.Tensor, z: torch.Tensor, C: float, cols=None):
-    Y, S = (heads.Y, heads.S) if cols is None else (heads.Y[:, cols], heads.S[:, cols])
+def _objective(heads: Heads, V: torch.Tensor, z: torch.Tensor, C: float, Y: torch.Tensor, S: torch.Tensor):
     total, dz, curv = heads.loss_terms(z, Y, S)
     reg = heads.design.reg(V)
     f = 0.5 * (V.double() * reg.double()).sum(0) + C * total
-    g = reg + C * heads.design.back(dz)
+    g = torch.add(reg, heads.design.back(dz), alpha=C)
     return f, g, curv
 
 
@@ -284,61 +314,77 @@ def newton(
     max_cg: int = 500,
     cg_tol: float = 0.1,
     stats: dict | None = None,
+    schedule: BlockSchedule | None = None,
 ) -> tuple[torch.Tensor, int, int]:
     """Minimise every head's objective from the start point V.
 
-    Returns the solution, the number of Newton iterations, and how many heads hit max_iter.
+    The loop works on the heads still running: when some finish, the working state is
+    written back and the rest gathered once (not at every step). ``schedule``: whether this C
+    gets the leading-block preconditioner (rotated designs; None: always). Returns the
+    solution, the number of Newton iterations, and how many heads hit max_iter.
     """
     design = heads.design
     V = V.clone()
-    z = design.margins(V)
-    f, g, curv = _objective(heads, V, z, C)
-    active = torch.ones(V.shape[1], dtype=torch.bool, device=V.device)
-    threshold = tol * C * g0_norm
+    cols: torch.Tensor | None = None  # the working heads' columns of V; None: all of them
+    Y, S, threshold = heads.Y, heads.S, tol * C * g0_norm
+    Vw = V
+    z = design.margins(Vw)
+    f, g, curv = _objective(heads, Vw, z, C, Y, S)
+    stalled: torch.Tensor | None = None
     block: torch.Tensor | None = None  # every head's inverse leading block, built at the first step
+    use_block = design.rotated and (schedule is None or schedule.wants(C))
+    cg_steps = 0
     it = 0
     for it in range(1, max_iter + 1):  # noqa: B007 - the count is returned
-        active &= torch.linalg.vector_norm(g, dim=0) > threshold
-        n_active = int(active.sum())
-        if n_active == 0:
-            return V, it - 1, 0
-        # every head still running (the first steps, mostly): no gathers and scatters
-        cols = None if n_active == V.shape[1] else torch.nonzero(active).squeeze(1)
-        if design.rotated and block is None:
+        live = torch.linalg.vector_norm(g, dim=0) > threshold
+        if stalled is not None:
+            live &= ~stalled
+        n_live = int(live.sum())
+        if n_live < live.shape[0]:  # heads finished: write back, keep the running ones
+            if cols is None:
+                V = Vw
+            else:
+                V[:, cols] = Vw
+            if n_live == 0:
+                if schedule is not None:
+                    schedule.record(C, it - 1, cg_steps, use_block)
+                return V, it - 1, 0
+            keep = torch.nonzero(live).squeeze(1)
+            cols = keep if cols is None else cols[keep]
+            Y, S, threshold = heads.Y[:, cols], heads.S[:, cols], threshold[keep]
+            Vw, z, f, g, curv = Vw[:, keep], z[:, keep], f[keep], g[:, keep], curv[:, keep]
+            block = None if block is None else block[keep]
+        if use_block and block is None:
             block = design.block_inverse(C, curv.t())
-        if cols is None:
-            Y, S, g_a, curv_a, V_a, z_a, f_a, block_a = heads.Y, heads.S, g, curv, V, z, f, block
-        else:
-            Y, S = heads.Y[:, cols], heads.S[:, cols]
-            g_a, curv_a, V_a, z_a, f_a = g[:, cols], curv[:, cols], V[:, cols], z[:, cols], f[cols]
-            block_a = None if block is None else block[cols]
-        step, n_cg = _pcg(design, C, g_a, curv_a, max_cg, cg_tol, block_a)
+        step, n_cg = _pcg(design, C, g, curv, max_cg, cg_tol, block)
+        cg_steps += n_cg
         if stats is not None:
             stats["cg"] = stats.get("cg", 0) + n_cg
             stats["newton"] = stats.get("newton", 0) + 1
         Xp = design.margins(step)
-        t = _line_search(heads, C, V_a, z_a, g_a, step, Xp, Y, S)
-        V_new = V_a + t * step
-        z_new = z_a + t * Xp
-        f_new, g_new, curv_new = _objective(heads, V_new, z_new, C, cols)
+        t = _line_search(heads, C, Vw, z, g, step, Xp, Y, S)
+        V_new = Vw + t * step
+        z_new = z + t * Xp
+        f_new, g_new, curv_new = _objective(heads, V_new, z_new, C, Y, S)
         # A step that does not decrease the objective, or gains almost nothing relative to it,
         # means the head has reached what float32 arithmetic can resolve.
-        decreased = f_new < f_a
-        stalled = ~decreased | ((f_a - f_new) <= tol * f_new.abs())
+        decreased = f_new < f
+        stalled = ~decreased | ((f - f_new) <= tol * f_new.abs())
         if bool(decreased.all()):  # the usual case: no selects
-            kept = iter((V_new, z_new, f_new, g_new, curv_new))
+            Vw, z, f, g, curv = V_new, z_new, f_new, g_new, curv_new
         else:
-            kept = (torch.where(decreased, new, old) for new, old in
-                    ((V_new, V_a), (z_new, z_a), (f_new, f_a), (g_new, g_a), (curv_new, curv_a)))
-        if cols is None:
-            V, z, f, g, curv = kept
-            active &= ~stalled
-        else:
-            for whole, part in zip((V, z, f, g, curv), kept, strict=True):
-                whole[..., cols] = part
-            active[cols[stalled]] = False
-    unconverged = int((active & (torch.linalg.vector_norm(g, dim=0) > threshold)).sum())
-    return V, it, unconverged
+            Vw, z, f, g, curv = (torch.where(decreased, new, old) for new, old in
+                                 ((V_new, Vw), (z_new, z), (f_new, f), (g_new, g), (curv_new, curv)))
+    live = torch.linalg.vector_norm(g, dim=0) > threshold
+    if stalled is not None:
+        live &= ~stalled
+    if cols is None:
+        V = Vw
+    else:
+        V[:, cols] = Vw
+    if schedule is not None:
+        schedule.record(C, it, cg_steps, use_block)
+    return V, it, int(live.sum())
 
 
 def _pcg(
