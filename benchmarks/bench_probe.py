@@ -211,6 +211,42 @@ def summary(cells: list[dict]) -> dict:
     return out
 
 
+def markdown_table(result: dict) -> str:
+    """The README's table of a results file: one row per cell, both losses."""
+
+    def short(x: float) -> str:
+        return f"{x:.0f}" if x >= 100 else f"{x:.3g}"
+
+    def pair(row: dict, loss: str, baseline: str) -> list[str]:
+        entry = row.get(loss, {})
+        if "probe" not in entry:
+            why = "not run (" + entry.get("skipped", "not run").removeprefix("not run: ") + ")"
+            return [why, "", ""] if loss == "logistic" else [why, "", "", ""]
+        ours, theirs = entry["probe"], entry[baseline]
+        same_C = ours["C"] == theirs["C"]
+        times = f"{short(ours['seconds'])} s vs {short(theirs['seconds'])} s"
+        accuracy = (f"{ours['test_accuracy']:.3f}" if same_C and ours["test_accuracy"] == theirs["test_accuracy"]
+                    else f"{ours['test_accuracy']:.3f} / {theirs['test_accuracy']:.3f}")
+        if loss == "logistic":
+            if not same_C:
+                accuracy += f" (C {short(ours['C'])} / {short(theirs['C'])})"
+            return [times, f"**{entry['speedup']}×**", accuracy]
+        C = short(ours["C"]) if same_C else f"{short(ours['C'])} / {short(theirs['C'])}"
+        return [times, f"**{entry['speedup']}×**", C, accuracy]
+
+    lines = ["| n × d × classes | features | squared hinge: LinearProbe vs LinearSVC | speed-up | "
+             "C (probe / LinearSVC) | test acc. | logistic: LinearProbe vs OvR(LogisticRegression) | speed-up | "
+             "test acc. |", "|---|---|---|---|---|---|---|---|---|"]
+    for row in result["cells"]:
+        origin = row["features"].split(":")[0]
+        if origin == "real":
+            origin = "real (Lite0 " + row["features"].split("Lite0 ")[1].split(" ")[0] + ")"
+        cells = [f"{row['n']} × {row['d']} × {row['classes']}", origin,
+                 *pair(row, "squared_hinge", "linearsvc"), *pair(row, "logistic", "ovr_logistic_regression")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def parse_cells(text: str) -> list[tuple[int, int, int]]:
     return [tuple(int(v) for v in cell.lower().split("x")) for cell in text.split(",") if cell.strip()]
 
@@ -229,8 +265,12 @@ def main() -> int:
                         help="bound long runs: skip the squared-hinge pair (LinearSVC) where n*d*classes exceeds "
                              "this; the cell is recorded as not run [no bound]")
     parser.add_argument("--matmul", action="store_true", help="only time the layouts of X~ V (thin V), nothing written")
+    parser.add_argument("--table", action="store_true", help="only print the README table of --out, nothing run")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    if args.table:
+        print(markdown_table(json.loads(args.out.read_text())))
+        return 0
     if args.matmul:
         matmul_layouts()
         return 0
