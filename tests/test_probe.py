@@ -531,3 +531,16 @@ def test_block_schedule_starts_diagonal_on_small_dims_and_switches_on_for_larger
     assert not schedule.wants(0.5)
     wide = Design(torch.from_numpy(rng.standard_normal((3000, 1500)).astype(np.float32)), 1.0, True)
     assert BlockSchedule(wide).wants(1e-4)
+
+
+def test_heads_stopped_by_max_iter_are_counted_and_reported(digits):
+    """Newton's step limit is the one exit that leaves heads unconverged: the probe warns how
+    many, and with room to converge it does not warn."""
+    import warnings
+
+    Xtr, ytr, *_ = digits
+    with pytest.warns(UserWarning, match=r"heads did not converge at C=100 within max_iter=1"):
+        LinearProbe(Cs=[100.0], max_iter=1, device="cpu").fit(Xtr, ytr)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        LinearProbe(Cs=[100.0], device="cpu").fit(Xtr, ytr)

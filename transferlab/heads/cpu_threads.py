@@ -83,16 +83,19 @@ def idle_cores(window: float = 0.05, reuse: bool = False) -> float:
             return float(cores)
     second = _sample()
     if second is not None:
-        _last = (time.monotonic(), second)
+        _last = _stamped(second)
     total = second[1] - first[1] if second else 0
     if second is None or total <= 0:
         return float(cores)
     return min(cores, (os.cpu_count() or cores) * (second[0] - first[0]) / total)
 
 
-_first = _sample()
+def _stamped(sample: tuple[float, int] | None) -> tuple[float, tuple[float, int]] | None:
+    return None if sample is None else (time.monotonic(), sample)
+
+
 # (monotonic time, sample) of the last measurement; the import's sample starts the first window
-_last: tuple[float, tuple[float, int]] | None = None if _first is None else (time.monotonic(), _first)
+_last = _stamped(_sample())
 
 
 @contextmanager

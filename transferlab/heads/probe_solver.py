@@ -333,22 +333,20 @@ def newton(
     stalled: torch.Tensor | None = None
     block: torch.Tensor | None = None  # every head's inverse leading block, built at the first step
     use_block = design.rotated and (schedule is None or schedule.wants(C))
-    cg_steps = 0
-    it = 0
-    for it in range(1, max_iter + 1):  # noqa: B007 - the count is returned
+    cg_steps = steps = unconverged = 0
+    for it in range(1, max_iter + 2):
         live = torch.linalg.vector_norm(g, dim=0) > threshold
         if stalled is not None:
             live &= ~stalled
         n_live = int(live.sum())
+        if n_live == 0 or it > max_iter:
+            steps, unconverged = it - 1, n_live
+            break
         if n_live < live.shape[0]:  # heads finished: write back, keep the running ones
             if cols is None:
                 V = Vw
             else:
                 V[:, cols] = Vw
-            if n_live == 0:
-                if schedule is not None:
-                    schedule.record(C, it - 1, cg_steps, use_block)
-                return V, it - 1, 0
             keep = torch.nonzero(live).squeeze(1)
             cols = keep if cols is None else cols[keep]
             Y, S, threshold = heads.Y[:, cols], heads.S[:, cols], threshold[keep]
@@ -375,16 +373,13 @@ def newton(
         else:
             Vw, z, f, g, curv = (torch.where(decreased, new, old) for new, old in
                                  ((V_new, Vw), (z_new, z), (f_new, f), (g_new, g), (curv_new, curv)))
-    live = torch.linalg.vector_norm(g, dim=0) > threshold
-    if stalled is not None:
-        live &= ~stalled
     if cols is None:
         V = Vw
     else:
         V[:, cols] = Vw
     if schedule is not None:
-        schedule.record(C, it, cg_steps, use_block)
-    return V, it, int(live.sum())
+        schedule.record(C, steps, cg_steps, use_block)
+    return V, steps, unconverged
 
 
 def _pcg(
