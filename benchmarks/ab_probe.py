@@ -12,10 +12,9 @@ ratio, the chosen Cs, the CG / Newton step counts and the largest coefficient di
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
-import tempfile
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -27,21 +26,20 @@ import transferlab.heads.probe as current  # noqa: E402
 from transferlab.features.postprocess import build_postprocess  # noqa: E402
 
 
-def load_old(folder: Path):
+def load_old(folder: Path) -> types.ModuleType:
     """The other version's probe module, importing its own solver (module names kept apart)."""
-    def load(name: str, path: Path):
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
+    def load(name: str, path: Path, source: str) -> types.ModuleType:
+        module = types.ModuleType(name)
+        module.__file__ = str(path)
         sys.modules[name] = module
-        spec.loader.exec_module(module)
+        exec(compile(source, str(path), "exec"), module.__dict__)
         return module
 
-    load("ab_old_probe_solver", folder / "probe_solver.py")
-    source = (folder / "probe.py").read_text().replace(
-        "from transferlab.heads.probe_solver import", "from ab_old_probe_solver import")
-    staged = Path(tempfile.mkdtemp()) / "ab_old_probe.py"
-    staged.write_text(source)
-    return load("ab_old_probe", staged)
+    solver = folder / "probe_solver.py"
+    load("ab_old_probe_solver", solver, solver.read_text())
+    probe = folder / "probe.py"
+    return load("ab_old_probe", probe, probe.read_text().replace(
+        "from transferlab.heads.probe_solver import", "from ab_old_probe_solver import"))
 
 
 def main() -> int:
